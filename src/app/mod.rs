@@ -1,0 +1,577 @@
+//! The one door: every adapter (HTTP API, CLI through the API, chat platforms) and every backend
+//! changes state through [`App`].
+//!
+//! Each command loads what it needs, asks the core to decide, applies the new state together with
+//! the run's events and outbox marks as one atomic store change, and answers only once that change
+//! is durable. Changes to one run are serialised by a lock stripe; the flush happens after the lock
+//! is released, so concurrent requests share flushes (see `store::group_commit`).
+
+mod catalog_change;
+pub mod outbox;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::core::access::Directory;
+use crate::core::action::{suggest, Action, EntityMapping, Invocation, RawInputs, RequestError};
+use crate::core::catalog::{Blueprint, Catalog, CatalogError, Entity};
+use crate::core::ids::{ActionId, BlueprintId, EntityId, Identity, RunId};
+use crate::core::run::{
+    ApprovalRules, ChangeOperation, Decision, EntityChange, EventKind, NewRun, Run, RunError,
+    RunEvent, RunStatus,
+};
+use crate::core::template::{self, TemplateError};
+use crate::definitions::Definitions;
+use crate::metrics::Metrics;
+use crate::store::{Change, Store, StoreError};
+use catalog_change::CatalogChange;
+pub use outbox::Consumer;
+
+/// Why a command was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("there is no run {0}")]
+    RunNotFound(RunId),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a backend or API client may change on a run (Port's `PATCH /runs/{id}`).
+#[derive(Debug, Clone, Default)]
+pub struct RunPatch {
+    pub status: Option<RunStatus>,
+    pub status_label: Option<String>,
+    pub link: Option<String>,
+    pub summary: Option<String>,
+}
+
+const RUN_LOCK_STRIPES: usize = 256;
+
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    actions: BTreeMap<ActionId, Action>,
+    directory: Directory,
+    catalog: RwLock<Catalog>,
+    run_locks: Vec<Mutex<()>>,
+    consumers: Vec<Consumer>,
+    metrics: Metrics,
+}
+
+impl App {
+    /// Builds the app over a store: catalog entities from files are merged into the stored
+    /// catalog (a file that changed since it was last loaded wins; otherwise what runs and the
+    /// API changed is kept).
+    pub async fn new(
+        store: Store,
+        definitions: Definitions,
+        consumers: Vec<Consumer>,
+        metrics: Metrics,
+    ) -> Result<App, AppError> {
+        let mut change = Change::default();
+        for file in &definitions.entities {
+            let entity = &file.entity;
+            if store.entity_source(&entity.blueprint, &entity.identifier)? != Some(file.hash) {
+                change.put_entity(entity);
+                change.set_entity_source(entity, file.hash);
+            }
+        }
+        store.apply(change)?;
+        store.durable().await?;
+        let mut catalog = Catalog::new(definitions.blueprints);
+        for entity in store.entities()? {
+            if catalog.blueprint(&entity.blueprint).is_some() {
+                catalog.insert(entity);
+            }
+        }
+        for (entity, error) in catalog.check_all() {
+            tracing::warn!(blueprint = %entity.blueprint, entity = %entity.identifier, %error, "stored entity breaks a rule");
+        }
+        metrics.runs_stored(store.run_count() as i64);
+        Ok(App {
+            inner: Arc::new(Inner {
+                store,
+                actions: definitions.actions,
+                directory: definitions.directory,
+                catalog: RwLock::new(catalog),
+                run_locks: (0..RUN_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                consumers,
+                metrics,
+            }),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn actions(&self) -> impl Iterator<Item = &Action> {
+        self.inner.actions.values()
+    }
+
+    pub fn action(&self, id: &str) -> Result<&Action, RequestError> {
+        ActionId::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.actions.get(&id))
+            .ok_or_else(|| RequestError::UnknownAction {
+                given: id.to_owned(),
+                suggestions: suggest(id, self.inner.actions.keys().map(ActionId::as_str)),
+            })
+    }
+
+    /// Read access to the catalog. Never hold it across an await.
+    pub fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.inner.catalog.read().expect("catalog lock poisoned")
+    }
+
+    pub fn blueprint(&self, id: &BlueprintId) -> Option<Blueprint> {
+        self.catalog().blueprint(id).cloned()
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
+    pub fn run(&self, id: &RunId) -> Result<Run, AppError> {
+        self.inner
+            .store
+            .run(id)?
+            .ok_or_else(|| AppError::RunNotFound(id.clone()))
+    }
+
+    pub fn runs(&self, limit: usize, keep: impl Fn(&Run) -> bool) -> Result<Vec<Run>, AppError> {
+        Ok(self.inner.store.runs(limit, keep)?)
+    }
+
+    /// A run's events after `after`, in order.
+    pub fn events(&self, id: &RunId, after: u64) -> Result<Vec<RunEvent>, AppError> {
+        self.run(id)?;
+        Ok(self.inner.store.events(id, after)?)
+    }
+
+    /// Checks a request and, when it passes, creates the run.
+    pub async fn request_run(
+        &self,
+        who: &Identity,
+        action: &str,
+        entity: Option<&str>,
+        inputs: RawInputs,
+        origin: &str,
+    ) -> Result<Run, AppError> {
+        let action = self.action(action)?;
+        let checked =
+            action.check_request(who, entity, inputs, &self.catalog(), &self.inner.directory)?;
+        let now = Utc::now();
+        let id = RunId::new(now.timestamp_millis() as u64, rand::random());
+        let (mut run, kinds) = Run::create(
+            NewRun {
+                id,
+                action,
+                entity: checked.entity.as_ref(),
+                properties: checked.inputs,
+                created_by: who.clone(),
+                origin: origin.to_owned(),
+            },
+            now,
+        );
+        let mut change = Change::default();
+        let events = self.stage(&mut run, kinds, &mut change);
+        self.inner.store.apply(change)?;
+        self.inner.metrics.runs_stored(1);
+        self.after_commit(&run, &events).await?;
+        Ok(run)
+    }
+
+    /// An approver's decision, under the same rules in every adapter.
+    pub async fn decide(
+        &self,
+        who: &Identity,
+        id: &RunId,
+        decision: Decision,
+        description: Option<String>,
+    ) -> Result<Run, AppError> {
+        self.mutate_run(id, |app, run| {
+            let action = app.inner.actions.get(&run.action.identifier);
+            let nobody = Default::default();
+            let rules = ApprovalRules {
+                approvers: action.map_or(&nobody, |a| &a.permissions.approve),
+                directory: &app.inner.directory,
+                allow_self_approval: action.is_some_and(|a| a.allow_self_approval),
+            };
+            Ok(run.decide(who, decision, description, &rules, Utc::now())?)
+        })
+        .await
+    }
+
+    /// Appends a log line; with `termination` the run also ends (Port's `terminationStatus`).
+    pub async fn append_log(
+        &self,
+        id: &RunId,
+        message: String,
+        termination: Option<RunStatus>,
+        status_label: Option<String>,
+    ) -> Result<Run, AppError> {
+        self.mutate_run(id, |_, run| {
+            let mut kinds = run.log(message)?;
+            kinds.extend(run.update(status_label, None, None)?);
+            if let Some(status) = termination {
+                kinds.extend(run.finish(status, Utc::now())?);
+            }
+            Ok(kinds)
+        })
+        .await
+    }
+
+    /// Several log lines in one change: what a backend printed in quick succession.
+    pub async fn append_logs(&self, id: &RunId, messages: Vec<String>) -> Result<Run, AppError> {
+        self.mutate_run(id, |_, run| {
+            let mut kinds = Vec::new();
+            for message in messages {
+                kinds.extend(run.log(message)?);
+            }
+            Ok(kinds)
+        })
+        .await
+    }
+
+    /// Port's `PATCH /runs/{id}`: label, link, summary and, optionally, the end.
+    pub async fn update_run(&self, id: &RunId, patch: RunPatch) -> Result<Run, AppError> {
+        self.mutate_run(id, |_, run| {
+            let mut kinds = run.update(patch.status_label, patch.link, patch.summary)?;
+            if let Some(status) = patch.status {
+                kinds.extend(run.finish(status, Utc::now())?);
+            }
+            Ok(kinds)
+        })
+        .await
+    }
+
+    /// Ends a run as the `UPSERT_ENTITY` backend: the mapped entity is upserted and the run
+    /// ends, in one change; a mapping the catalog refuses ends it FAILURE with the reason.
+    pub async fn complete_with_upsert(&self, id: &RunId) -> Result<Run, AppError> {
+        self.mutate_run_with(id, |app, run, catalog, change| {
+            let action = app.inner.actions.get(&run.action.identifier);
+            let Some(Invocation::UpsertEntity(mapping)) = action.map(|a| &a.invocation) else {
+                let mut kinds = run.log("the action no longer upserts an entity".into())?;
+                kinds.extend(run.finish(RunStatus::Failure, Utc::now())?);
+                return Ok(kinds);
+            };
+            let mark = change.len();
+            let upserted = app
+                .map_entity(run, mapping, catalog.view())
+                .and_then(|entity| Ok(catalog.upsert(entity, true, change)?));
+            let mut kinds = Vec::new();
+            let status = match upserted {
+                Ok(entity) => {
+                    let record = EntityChange {
+                        blueprint: entity.blueprint,
+                        identifier: entity.identifier,
+                        operation: ChangeOperation::Upsert,
+                    };
+                    run.affected_entities.push(record.clone());
+                    kinds.push(EventKind::CatalogChanged {
+                        changes: vec![record],
+                    });
+                    RunStatus::Success
+                }
+                Err(error) => {
+                    catalog.rollback();
+                    change.truncate(mark);
+                    kinds.extend(run.log(format!("the entity could not be upserted: {error}"))?);
+                    RunStatus::Failure
+                }
+            };
+            kinds.extend(run.finish(status, Utc::now())?);
+            Ok(kinds)
+        })
+        .await
+    }
+
+    /// Upserts an entity through the API; with `run` the run records the change.
+    pub async fn upsert_entity(
+        &self,
+        entity: Entity,
+        merge: bool,
+        run: Option<&RunId>,
+    ) -> Result<Entity, AppError> {
+        let change_record = EntityChange {
+            blueprint: entity.blueprint.clone(),
+            identifier: entity.identifier.clone(),
+            operation: ChangeOperation::Upsert,
+        };
+        let Some(run_id) = run else {
+            let stored =
+                self.change_catalog(|catalog, change| catalog.upsert(entity, merge, change))?;
+            self.inner.store.durable().await?;
+            return Ok(stored);
+        };
+        let key = (entity.blueprint.clone(), entity.identifier.clone());
+        self.mutate_run_with(run_id, |_, run, catalog, change| {
+            if run.status.is_ended() {
+                return Err(RunError::Ended {
+                    id: run.id.clone(),
+                    status: run.status,
+                }
+                .into());
+            }
+            catalog.upsert(entity, merge, change)?;
+            run.affected_entities.push(change_record.clone());
+            Ok(vec![EventKind::CatalogChanged {
+                changes: vec![change_record],
+            }])
+        })
+        .await?;
+        Ok(self
+            .catalog()
+            .entity(&key.0, &key.1)
+            .cloned()
+            .expect("just upserted"))
+    }
+
+    pub async fn delete_entity(
+        &self,
+        blueprint: &BlueprintId,
+        id: &EntityId,
+    ) -> Result<(), AppError> {
+        self.change_catalog(|catalog, change| catalog.delete(blueprint, id, change))?;
+        self.inner.store.durable().await?;
+        Ok(())
+    }
+
+    /// A catalog change outside any run, applied (not yet durable) when `edit` succeeds.
+    fn change_catalog<T>(
+        &self,
+        edit: impl FnOnce(&mut CatalogChange, &mut Change) -> Result<T, CatalogError>,
+    ) -> Result<T, AppError> {
+        let mut change = Change::default();
+        let mut catalog = CatalogChange::begin(&self.inner.catalog);
+        let out = edit(&mut catalog, &mut change)?;
+        self.inner.store.apply(change)?;
+        catalog.keep();
+        Ok(out)
+    }
+
+    /// Records a backend invocation attempt durably before it is made; returns the attempts
+    /// made before this one (non-zero after a restart interrupted an earlier attempt).
+    pub async fn begin_invocation(&self, id: &RunId) -> Result<u32, AppError> {
+        let previous = self.inner.store.invocation_attempts(id)?;
+        let mut change = Change::default();
+        change.set_invocation_attempts(id, previous + 1);
+        self.inner.store.apply(change)?;
+        self.inner.store.durable().await?;
+        Ok(previous)
+    }
+
+    async fn lock_run(&self, id: &RunId) -> MutexGuard<'_, ()> {
+        let stripe = fxhash(id.as_str()) % RUN_LOCK_STRIPES;
+        self.inner.run_locks[stripe].lock().await
+    }
+
+    async fn mutate_run(
+        &self,
+        id: &RunId,
+        decide: impl FnOnce(&App, &mut Run) -> Result<Vec<EventKind>, AppError>,
+    ) -> Result<Run, AppError> {
+        self.mutate_run_with(id, |app, run, _, _| decide(app, run))
+            .await
+    }
+
+    /// Loads a run under its lock, lets `decide` change it (and the catalog), applies onSuccess
+    /// when the run succeeded, and commits run, events, outbox marks and entities together.
+    async fn mutate_run_with(
+        &self,
+        id: &RunId,
+        decide: impl FnOnce(
+            &App,
+            &mut Run,
+            &mut CatalogChange,
+            &mut Change,
+        ) -> Result<Vec<EventKind>, AppError>,
+    ) -> Result<Run, AppError> {
+        let guard = self.lock_run(id).await;
+        // Synchronous from here to the apply: the catalog's write lock must not cross an await.
+        let (run, events) = {
+            let mut run = self.run(id)?;
+            let mut change = Change::default();
+            let mut catalog = CatalogChange::begin(&self.inner.catalog);
+            let mut kinds = decide(self, &mut run, &mut catalog, &mut change)?;
+            if kinds.is_empty() {
+                return Ok(run);
+            }
+            if kinds.contains(&EventKind::Ended {
+                status: RunStatus::Success,
+            }) {
+                self.apply_on_success(&mut run, &mut kinds, &mut catalog, &mut change);
+            }
+            let events = self.stage(&mut run, kinds, &mut change);
+            self.inner.store.apply(change)?;
+            catalog.keep();
+            (run, events)
+        };
+        drop(guard);
+        self.after_commit(&run, &events).await?;
+        Ok(run)
+    }
+
+    /// The action's onSuccess catalog changes. If one fails, none is kept and the run ends
+    /// FAILURE instead, with the reason in its log: the catalog must not silently drift.
+    fn apply_on_success(
+        &self,
+        run: &mut Run,
+        kinds: &mut Vec<EventKind>,
+        catalog: &mut CatalogChange,
+        change: &mut Change,
+    ) {
+        let Some(action) = self.inner.actions.get(&run.action.identifier) else {
+            return;
+        };
+        let on_success = &action.on_success;
+        if on_success.upsert.is_empty() && on_success.delete.is_empty() {
+            return;
+        }
+        let mark = change.len();
+        let mut apply = || -> Result<Vec<EntityChange>, AppError> {
+            let mut done = Vec::new();
+            for mapping in &on_success.upsert {
+                let entity = self.map_entity(run, mapping, catalog.view())?;
+                let stored = catalog.upsert(entity, true, change)?;
+                done.push(EntityChange {
+                    blueprint: stored.blueprint,
+                    identifier: stored.identifier,
+                    operation: ChangeOperation::Upsert,
+                });
+            }
+            for deletion in &on_success.delete {
+                let context = run.template_context(self.run_entity(run, catalog.view()).as_ref());
+                let rendered = template::render_text(&deletion.identifier, &context)?;
+                let id = EntityId::try_from(rendered).map_err(|e| TemplateError {
+                    template: deletion.identifier.clone(),
+                    reason: e.to_string(),
+                })?;
+                catalog.delete(&deletion.blueprint, &id, change)?;
+                done.push(EntityChange {
+                    blueprint: deletion.blueprint.clone(),
+                    identifier: id,
+                    operation: ChangeOperation::Delete,
+                });
+            }
+            Ok(done)
+        };
+        match apply() {
+            Ok(done) => {
+                run.affected_entities.extend(done.iter().cloned());
+                // Before the final Ended event, so the thread shows the change, then the end.
+                kinds.insert(kinds.len() - 1, EventKind::CatalogChanged { changes: done });
+            }
+            Err(error) => {
+                catalog.rollback();
+                change.truncate(mark);
+                kinds.pop();
+                run.status = RunStatus::InProgress;
+                run.ended_at = None;
+                kinds.push(EventKind::Log {
+                    message: format!(
+                        "the backend succeeded but the catalog update failed: {error}"
+                    ),
+                });
+                kinds.extend(
+                    run.finish(RunStatus::Failure, Utc::now())
+                        .expect("the run is in progress"),
+                );
+            }
+        }
+    }
+
+    /// The entity a mapping describes, rendered over the run's context.
+    fn map_entity(
+        &self,
+        run: &Run,
+        mapping: &EntityMapping,
+        catalog: &Catalog,
+    ) -> Result<Entity, AppError> {
+        let context = run.template_context(self.run_entity(run, catalog).as_ref());
+        let mut rendered = template::render_value(&mapping.mapping, &context)?;
+        rendered["blueprint"] = Value::from(mapping.blueprint.as_str());
+        for key in ["properties", "relations"] {
+            if rendered.get(key).is_none() {
+                rendered[key] = Value::Object(Map::new());
+            }
+        }
+        serde_json::from_value(rendered).map_err(|e| {
+            AppError::Template(TemplateError {
+                template: format!("the {} mapping", mapping.blueprint),
+                reason: e.to_string(),
+            })
+        })
+    }
+
+    fn run_entity(&self, run: &Run, catalog: &Catalog) -> Option<Entity> {
+        run.entity
+            .as_ref()
+            .and_then(|e| catalog.entity(&run.blueprint, &e.identifier).cloned())
+    }
+
+    /// Numbers the events and adds run, events and outbox marks to the change.
+    fn stage(&self, run: &mut Run, kinds: Vec<EventKind>, change: &mut Change) -> Vec<RunEvent> {
+        let events = run.record(kinds, Utc::now());
+        change.put_run(run);
+        for event in &events {
+            change.put_event(event);
+        }
+        for consumer in &self.inner.consumers {
+            if events.iter().any(|e| (consumer.wants)(&e.kind)) {
+                change.mark_due(consumer.name, &run.id);
+            }
+        }
+        events
+    }
+
+    /// Waits for durability, then tells metrics and consumers.
+    async fn after_commit(&self, run: &Run, events: &[RunEvent]) -> Result<(), AppError> {
+        self.inner.store.durable().await?;
+        for event in events {
+            let entered = match &event.kind {
+                EventKind::Created => Some(if run.approval.is_some() {
+                    RunStatus::WaitingForApproval
+                } else {
+                    RunStatus::InProgress
+                }),
+                EventKind::Started if event.seq > 2 => Some(RunStatus::InProgress),
+                EventKind::Ended { status } => Some(*status),
+                _ => None,
+            };
+            if let Some(status) = entered {
+                self.inner.metrics.run_entered(status);
+            }
+        }
+        for consumer in &self.inner.consumers {
+            if events.iter().any(|e| (consumer.wants)(&e.kind)) {
+                consumer.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A small, fast, deterministic string hash for picking a lock stripe.
+fn fxhash(s: &str) -> usize {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }) as usize
+}

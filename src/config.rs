@@ -1,0 +1,157 @@
+//! Settings, loaded in layers (CONTRACT §1): `config/default.toml`, then the file named by
+//! `--config` or `PORTBOT_CONFIG`, then `PORTBOT__SECTION__KEY` environment variables.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::core::access::Directory;
+use crate::core::ids::Identity;
+
+/// A secret from configuration. It never shows in `Debug` output or logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub catalog: CatalogSettings,
+    pub templates: TemplateSettings,
+    pub api: ApiSettings,
+    #[serde(default)]
+    pub teams: Vec<TeamSettings>,
+    pub backends: BackendSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub bind: SocketAddr,
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub path: PathBuf,
+    /// sled's page cache; its default of 1 GiB is far more than portbot needs.
+    pub cache_capacity_mb: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TemplateSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientRole {
+    /// Runs and approves actions for users (`?run_as=`), and everything a backend may do.
+    Admin,
+    /// Reports on runs (status, logs) and upserts entities; never runs or approves.
+    Backend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiClient {
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub role: ClientRole,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    #[serde(default)]
+    pub clients: Vec<ApiClient>,
+    pub token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TeamSettings {
+    pub identifier: String,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub slack_users: Vec<String>,
+    #[serde(default)]
+    pub discord_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackendSettings {
+    pub webhook: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Tries in all, the first included, before a run fails for an unreachable backend.
+    pub max_attempts: usize,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub timeout_seconds: u64,
+}
+
+/// The committed defaults, relative to the working directory.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+
+impl Settings {
+    /// Loads the layers. `explicit` is `--config`; without it `PORTBOT_CONFIG` is used if set.
+    pub fn load(explicit: Option<&Path>) -> Result<Settings, config::ConfigError> {
+        let overlay = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("PORTBOT_CONFIG").map(PathBuf::from));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::with_name(DEFAULT_FILE).required(true));
+        if let Some(file) = overlay {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("PORTBOT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Teams as the core sees them: chat user ids become `slack:U…` / `discord:…` identities.
+    pub fn directory(&self) -> Result<Directory, String> {
+        let mut teams = Vec::new();
+        for team in &self.teams {
+            let mut members = BTreeSet::new();
+            let all = team
+                .users
+                .iter()
+                .map(|u| Identity::try_from(u.as_str()))
+                .chain(team.slack_users.iter().map(|u| Ok(Identity::slack(u))))
+                .chain(team.discord_users.iter().map(|u| Ok(Identity::discord(u))));
+            for member in all {
+                members.insert(member.map_err(|e| format!("teams.{}: {e}", team.identifier))?);
+            }
+            teams.push((team.identifier.clone(), members));
+        }
+        Ok(Directory::new(teams))
+    }
+}

@@ -1,0 +1,131 @@
+//! Builds the running bot from settings: definitions, store, app, backends and HTTP server.
+//! Tests use [`Application::build`] too, on a random port with a temporary store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState};
+use crate::app::App;
+use crate::backends::{self, BackendConfig};
+use crate::config::Settings;
+use crate::definitions;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The client secret shipped in `config/default.toml` for the local quick start.
+pub const DEMO_SECRET: &str = "portbot-demo-secret-change-me";
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    app: App,
+}
+
+impl Application {
+    /// Loads and checks everything, opens the store, starts the backend dispatcher and binds
+    /// the HTTP listener. A broken definition stops it here, listing every problem.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        refuse_demo_secret_in_public(&settings)?;
+        let definitions = definitions::load(&settings).map_err(|problems| {
+            let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+            anyhow::anyhow!(
+                "the definitions have {} problem(s):\n{}",
+                problems.len(),
+                lines.join("\n")
+            )
+        })?;
+        if let Some(parent) = settings.storage.path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let store = Store::open(&settings.storage.path, settings.storage.cache_capacity_mb)
+            .with_context(|| {
+                format!(
+                    "cannot open the store at {}",
+                    settings.storage.path.display()
+                )
+            })?;
+        let app = App::new(
+            store,
+            definitions,
+            vec![backends::consumer()],
+            Metrics::new(),
+        )
+        .await?;
+        backends::spawn(
+            app.clone(),
+            BackendConfig {
+                webhook: settings.backends.webhook.clone(),
+                clients: settings.api.clients.clone(),
+            },
+        );
+        let router = api::router(ApiState {
+            app: app.clone(),
+            clients: Arc::new(settings.api.clients.clone()),
+            token_ttl_seconds: settings.api.token_ttl_seconds,
+        });
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
+        Ok(Application {
+            listener,
+            router,
+            app,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until SIGINT or SIGTERM, then finishes requests in flight.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "portbot is serving");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    }
+}
+
+fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {
+    let demo = settings
+        .api
+        .clients
+        .iter()
+        .any(|c| c.client_secret.expose() == DEMO_SECRET);
+    if demo && !settings.server.bind.ip().is_loopback() {
+        bail!(
+            "server.bind is {} but an API client still has the demo secret from config/default.toml; \
+             set real secrets (e.g. in a --config file) before serving beyond this machine",
+            settings.server.bind
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

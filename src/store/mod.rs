@@ -1,0 +1,285 @@
+//! The only module that touches sled: runs, run events, the outbox, backend invocation marks
+//! and catalog entities, in one tree so that a [`Change`] is one atomic batch.
+//!
+//! Writes become durable only after a flush. [`Store::durable`] waits for one, and concurrent
+//! waiters share it (group commit), so a busy server pays one fsync per batch, not per request.
+//!
+//! Key layout (`/` separated, numbers big-endian so that byte order is numeric order):
+//!
+//! | key                       | value                                    |
+//! |---------------------------|------------------------------------------|
+//! | `run/<run>`               | the run (JSON)                           |
+//! | `ev/<run>/<seq>`          | one run event (JSON)                     |
+//! | `active/<run>`            | empty; the run has not ended             |
+//! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
+//! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
+//! | `inv/<run>`               | backend invocation attempts so far       |
+//! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
+//! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
+
+mod group_commit;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::core::catalog::Entity;
+use crate::core::ids::{BlueprintId, EntityId, RunId};
+use crate::core::run::{Run, RunEvent};
+use group_commit::GroupCommit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage: a stored record does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("storage: the database could not be flushed: {0}")]
+    Flush(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    commits: GroupCommit,
+}
+
+/// A set of writes applied atomically by [`Store::apply`].
+#[derive(Default)]
+pub struct Change {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+fn run_key(id: &RunId) -> Vec<u8> {
+    format!("run/{id}").into_bytes()
+}
+
+fn event_key(id: &RunId, seq: u64) -> Vec<u8> {
+    let mut key = format!("ev/{id}/").into_bytes();
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
+    format!("ent/{blueprint}/{id}").into_bytes()
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("portbot's records always serialise")
+}
+
+impl Change {
+    fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key, Some(value.into())));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    /// How many writes the change holds; with [`Change::truncate`], a savepoint.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Drops the writes added after the change held `len` of them.
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
+
+    pub fn put_run(&mut self, run: &Run) {
+        self.insert(run_key(&run.id), json(run));
+        let active = format!("active/{}", run.id).into_bytes();
+        if run.status.is_ended() {
+            self.remove(active);
+        } else {
+            self.insert(active, Vec::new());
+        }
+    }
+
+    pub fn put_event(&mut self, event: &RunEvent) {
+        self.insert(event_key(&event.run_id, event.seq), json(event));
+    }
+
+    /// Marks the run as having events for `consumer` to deliver.
+    pub fn mark_due(&mut self, consumer: &str, run: &RunId) {
+        self.insert(format!("due/{consumer}/{run}").into_bytes(), Vec::new());
+    }
+
+    pub fn set_delivered(&mut self, consumer: &str, run: &RunId, seq: u64, caught_up: bool) {
+        self.insert(
+            format!("cur/{consumer}/{run}").into_bytes(),
+            seq.to_be_bytes(),
+        );
+        if caught_up {
+            self.remove(format!("due/{consumer}/{run}").into_bytes());
+        }
+    }
+
+    pub fn set_invocation_attempts(&mut self, run: &RunId, attempts: u32) {
+        self.insert(format!("inv/{run}").into_bytes(), attempts.to_be_bytes());
+    }
+
+    pub fn put_entity(&mut self, entity: &Entity) {
+        self.insert(
+            entity_key(&entity.blueprint, &entity.identifier),
+            json(entity),
+        );
+    }
+
+    pub fn remove_entity(&mut self, blueprint: &BlueprintId, id: &EntityId) {
+        self.remove(entity_key(blueprint, id));
+        self.remove(format!("src/{blueprint}/{id}").into_bytes());
+    }
+
+    pub fn set_entity_source(&mut self, entity: &Entity, hash: u64) {
+        self.insert(
+            format!("src/{}/{}", entity.blueprint, entity.identifier).into_bytes(),
+            hash.to_be_bytes(),
+        );
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`. One process per path: sled locks it.
+    pub fn open(path: &Path, cache_capacity_mb: u64) -> StoreResult<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_mb * 1024 * 1024)
+            .open()?;
+        Ok(Store {
+            commits: GroupCommit::start(db.clone()),
+            db,
+        })
+    }
+
+    /// Applies a change atomically. It is visible at once and durable after [`Store::durable`].
+    pub fn apply(&self, change: Change) -> StoreResult<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in change.ops {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Waits until everything applied before this call is on disk.
+    pub async fn durable(&self) -> StoreResult<()> {
+        self.commits.wait().await
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
+        self.db
+            .get(key)?
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    pub fn run(&self, id: &RunId) -> StoreResult<Option<Run>> {
+        self.get(&run_key(id))
+    }
+
+    /// Runs newest first, those `keep` accepts, at most `limit`.
+    pub fn runs(&self, limit: usize, keep: impl Fn(&Run) -> bool) -> StoreResult<Vec<Run>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(b"run/").rev() {
+            let (_, bytes) = item?;
+            let run: Run = serde_json::from_slice(&bytes)?;
+            if keep(&run) {
+                out.push(run);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs that have not ended, oldest first.
+    pub fn active_runs(&self) -> StoreResult<Vec<RunId>> {
+        self.ids_under(b"active/")
+    }
+
+    /// A run's events with a sequence number above `after`, in order.
+    pub fn events(&self, run: &RunId, after: u64) -> StoreResult<Vec<RunEvent>> {
+        let start = event_key(run, after + 1);
+        let prefix = format!("ev/{run}/").into_bytes();
+        let mut out = Vec::new();
+        for item in self.db.range(start..) {
+            let (key, bytes) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(&bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs with events not yet delivered to `consumer`.
+    pub fn due_runs(&self, consumer: &str) -> StoreResult<Vec<RunId>> {
+        self.ids_under(format!("due/{consumer}/").as_bytes())
+    }
+
+    /// The sequence number of the last event delivered to `consumer`, 0 if none.
+    pub fn delivered(&self, consumer: &str, run: &RunId) -> StoreResult<u64> {
+        Ok(self
+            .db
+            .get(format!("cur/{consumer}/{run}"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    pub fn invocation_attempts(&self, run: &RunId) -> StoreResult<u32> {
+        Ok(self
+            .db
+            .get(format!("inv/{run}"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    pub fn entities(&self) -> StoreResult<Vec<Entity>> {
+        self.db
+            .scan_prefix(b"ent/")
+            .map(|item| Ok(serde_json::from_slice(&item?.1)?))
+            .collect()
+    }
+
+    /// The hash of the catalog file version an entity was last loaded from.
+    pub fn entity_source(
+        &self,
+        blueprint: &BlueprintId,
+        id: &EntityId,
+    ) -> StoreResult<Option<u64>> {
+        Ok(self
+            .db
+            .get(format!("src/{blueprint}/{id}"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    pub fn run_count(&self) -> usize {
+        self.db.scan_prefix(b"run/").count()
+    }
+
+    fn ids_under(&self, prefix: &[u8]) -> StoreResult<Vec<RunId>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(prefix) {
+            let (key, _) = item?;
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            if let Ok(id) = RunId::try_from(id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
