@@ -1,0 +1,319 @@
+//! Test harness: the real app on a random loopback port with sled in a temporary folder, the
+//! shipped catalog plus per-test actions, and small fake backends.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use portbot::config::Settings;
+use portbot::startup::{Application, DEMO_SECRET};
+
+pub const ADMIN: &str = "portbot-cli";
+pub const BACKEND: &str = "portbot-backend";
+
+/// Copies a folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A temporary deployment folder: the shipped catalog plus `extra_actions`.
+pub fn deployment(extra_actions: &[Value]) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(Path::new("config/catalog"), &dir.path().join("catalog"));
+    for action in extra_actions {
+        let name = action["identifier"].as_str().unwrap();
+        std::fs::write(
+            dir.path().join(format!("catalog/actions/{name}.json")),
+            serde_json::to_vec_pretty(action).unwrap(),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+pub fn settings_for(dir: &Path) -> Settings {
+    let mut settings = Settings::load(None).expect("config/default.toml loads");
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.storage.path = dir.join("db");
+    settings.catalog.path = dir.join("catalog");
+    settings.backends.webhook.max_attempts = 4;
+    settings.backends.webhook.initial_backoff_ms = 100;
+    settings.backends.webhook.max_backoff_ms = 300;
+    settings.backends.webhook.timeout_seconds = 5;
+    settings
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: TempDir,
+    admin_token: String,
+    backend_token: String,
+}
+
+impl TestApp {
+    pub async fn spawn(extra_actions: &[Value]) -> TestApp {
+        let dir = deployment(extra_actions);
+        let application = Application::build(settings_for(dir.path()))
+            .await
+            .expect("app builds");
+        let addr = application.local_addr();
+        tokio::spawn(application.run_until_stopped());
+        TestApp::connect(addr, dir).await
+    }
+
+    /// Connects to a running server (in-process or a child process).
+    pub async fn connect(addr: SocketAddr, dir: TempDir) -> TestApp {
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        let admin_token = token(&http, &base, ADMIN, DEMO_SECRET).await;
+        let backend_token = token(&http, &base, BACKEND, DEMO_SECRET).await;
+        TestApp {
+            base,
+            http,
+            dir,
+            admin_token,
+            backend_token,
+        }
+    }
+
+    /// A request as the admin client, acting for `user` when given.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut url = format!("{}{path}", self.base);
+        if let Some(user) = user {
+            url.push(if path.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("run_as={user}"));
+        }
+        self.send(method, &url, &self.admin_token.clone(), body)
+            .await
+    }
+
+    /// A request as the backend client.
+    pub async fn backend(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let url = format!("{}{path}", self.base);
+        self.send(method, &url, &self.backend_token.clone(), body)
+            .await
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Requests a run as `user`; returns the status and the body.
+    pub async fn request_run(
+        &self,
+        user: &str,
+        action: &str,
+        entity: Option<&str>,
+        properties: Value,
+    ) -> (StatusCode, Value) {
+        self.admin(
+            "POST",
+            &format!("/v1/actions/{action}/runs"),
+            Some(user),
+            Some(json!({"entity": entity, "properties": properties})),
+        )
+        .await
+    }
+
+    /// Requests a run that must be accepted; returns its id.
+    pub async fn run_id(
+        &self,
+        user: &str,
+        action: &str,
+        entity: Option<&str>,
+        properties: Value,
+    ) -> String {
+        let (status, body) = self.request_run(user, action, entity, properties).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["run"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn decide(&self, user: &str, run: &str, decision: &str) -> (StatusCode, Value) {
+        self.admin(
+            "PATCH",
+            &format!("/v1/actions/runs/{run}/approval"),
+            Some(user),
+            Some(json!({"status": decision, "description": "from a test"})),
+        )
+        .await
+    }
+
+    pub async fn run(&self, id: &str) -> Value {
+        let (status, body) = self
+            .admin("GET", &format!("/v1/actions/runs/{id}"), None, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["run"].clone()
+    }
+
+    /// Waits (up to 20 s) until the run has `status`.
+    pub async fn wait_for(&self, id: &str, status: &str) -> Value {
+        for _ in 0..200 {
+            let run = self.run(id).await;
+            if run["status"] == status {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("run {id} never reached {status}: {}", self.run(id).await);
+    }
+
+    pub async fn log_lines(&self, id: &str) -> Vec<String> {
+        let (status, body) = self
+            .admin("GET", &format!("/v1/actions/runs/{id}/logs"), None, None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["runLogs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+    let body: Value = http
+        .post(format!("{base}/v1/auth/access_token"))
+        .json(&json!({"clientId": id, "clientSecret": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["accessToken"].as_str().expect("a token").to_owned()
+}
+
+/// One request a fake webhook receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A fake webhook receiver on loopback that records requests and answers `status`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    pub addr: SocketAddr,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener)
+    }
+
+    /// Starts listening on an address chosen earlier (a backend that comes up late).
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Receiver::serve(listener)
+    }
+
+    fn serve(listener: tokio::net::TcpListener) -> Receiver {
+        let receiver = Receiver {
+            received: Arc::default(),
+            status: Arc::new(std::sync::atomic::AtomicU16::new(202)),
+            addr: listener.local_addr().unwrap(),
+        };
+        let state = receiver.clone();
+        let router =
+            axum::Router::new().fallback(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    state.received.lock().unwrap().push(Received {
+                        headers,
+                        body: body.to_vec(),
+                    });
+                    StatusCode::from_u16(state.status.load(std::sync::atomic::Ordering::SeqCst))
+                        .unwrap()
+                }
+            });
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        receiver
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// A loopback address nothing listens on (yet).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A minimal action definition on Component with the given invocation.
+pub fn action(identifier: &str, operation: &str, invocation: Value, approval: bool) -> Value {
+    json!({
+        "identifier": identifier,
+        "title": identifier,
+        "trigger": {
+            "type": "self-service",
+            "operation": operation,
+            "blueprintIdentifier": "Component",
+            "userInputs": {"properties": {"size": {"type": "number", "minimum": 1, "maximum": 3, "default": 1}}, "required": []}
+        },
+        "invocationMethod": invocation,
+        "requiredApproval": approval,
+        "permissions": {"execute": {"teams": ["developers", "devops"]}, "approve": {"teams": ["devops"]}}
+    })
+}
+
+/// The path of the built binary, for tests that start and kill it.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portbot"))
+}
