@@ -1,0 +1,150 @@
+//! Crash safety: the real binary is killed with SIGKILL mid-run and started again on the same
+//! store. Nothing acknowledged is lost, pending approvals stay decidable, a webhook that was not
+//! yet confirmed is sent after the restart, and an interrupted command is not run twice.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{action, free_addr, Receiver, TestApp};
+use serde_json::json;
+
+const DEV: &str = "dev@example.com";
+const OPS: &str = "ops@example.com";
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start(dir: &Path, addr: SocketAddr) -> Server {
+    let child = Command::new(common::binary())
+        .arg("serve")
+        .env("PORTBOT__SERVER__BIND", addr.to_string())
+        .env("PORTBOT__STORAGE__PATH", dir.join("db"))
+        .env("PORTBOT__CATALOG__PATH", dir.join("catalog"))
+        .env("PORTBOT__BACKENDS__WEBHOOK__INITIAL_BACKOFF_MS", "200")
+        .env("PORTBOT__BACKENDS__WEBHOOK__MAX_BACKOFF_MS", "400")
+        .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
+    for _ in 0..100 {
+        if reqwest::get(format!("http://{addr}/healthz")).await.is_ok() {
+            return Server(child);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("portbot did not come up on {addr}");
+}
+
+#[tokio::test]
+async fn a_killed_bot_loses_nothing_and_resumes() {
+    let hook_addr = free_addr();
+    let webhook = action(
+        "notify",
+        "DAY-2",
+        json!({"type": "WEBHOOK", "url": format!("http://{hook_addr}/hook")}),
+        false,
+    );
+    let long = action(
+        "long",
+        "DAY-2",
+        json!({"type": "COMMAND", "command": ["sh", "-c", "echo begun; sleep 60"]}),
+        false,
+    );
+    let dir = common::deployment(&[webhook, long]);
+    let addr = free_addr();
+    let mut server = start(dir.path(), addr).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+
+    let waiting = app
+        .run_id(
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            json!({"instances": 2}),
+        )
+        .await;
+    let reported = app
+        .run_id(
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            json!({"instances": 1}),
+        )
+        .await;
+    for i in 0..20 {
+        let (status, _) = app
+            .backend(
+                "POST",
+                &format!("/v1/actions/runs/{reported}/logs"),
+                Some(json!({"message": format!("line {i}")})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let unsent = app.run_id(DEV, "notify", Some("mailer"), json!({})).await;
+    let interrupted = app.run_id(DEV, "long", Some("mailer"), json!({})).await;
+    for _ in 0..50 {
+        if app
+            .log_lines(&interrupted)
+            .await
+            .contains(&"begun".to_owned())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SIGKILL: no graceful shutdown, no final flush.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let receiver = Receiver::start_on(hook_addr).await;
+    let _server = start(dir.path(), addr).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+
+    // Every acknowledged log line is still there, in order.
+    let expected: Vec<String> = (0..20).map(|i| format!("line {i}")).collect();
+    assert_eq!(app.log_lines(&reported).await, expected);
+    // The pending approval is still decidable.
+    assert_eq!(app.run(&waiting).await["status"], "WAITING_FOR_APPROVAL");
+    let (status, body) = app.decide(OPS, &waiting, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&waiting, "SUCCESS").await;
+    // The webhook that never got through is sent now, once.
+    for _ in 0..100 {
+        if receiver.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.count(),
+        1,
+        "the unsent webhook is delivered exactly once after the restart"
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(&receiver.received.lock().unwrap()[0].body).unwrap();
+    assert_eq!(body["context"]["runId"], unsent);
+    // The command that was cut off is not run again: its run fails and says why.
+    let failed = app.wait_for(&interrupted, "FAILURE").await;
+    assert_eq!(failed["status"], "FAILURE");
+    let logs = app.log_lines(&interrupted).await;
+    assert!(
+        logs.last()
+            .unwrap()
+            .starts_with("portbot stopped while the command was running"),
+        "{logs:?}"
+    );
+}
