@@ -25,21 +25,23 @@ impl Drop for Server {
 }
 
 async fn start(dir: &Path, addr: SocketAddr) -> Server {
-    let child = Command::new(common::binary())
-        .arg("serve")
-        .env("PORTBOT__SERVER__BIND", addr.to_string())
-        .env("PORTBOT__STORAGE__PATH", dir.join("db"))
-        .env("PORTBOT__CATALOG__PATH", dir.join("catalog"))
-        .env("PORTBOT__BACKENDS__WEBHOOK__INITIAL_BACKOFF_MS", "200")
-        .env("PORTBOT__BACKENDS__WEBHOOK__MAX_BACKOFF_MS", "400")
-        .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+    let server = Server(
+        Command::new(common::binary())
+            .arg("serve")
+            .env("PORTBOT__SERVER__BIND", addr.to_string())
+            .env("PORTBOT__STORAGE__PATH", dir.join("db"))
+            .env("PORTBOT__CATALOG__PATH", dir.join("catalog"))
+            .env("PORTBOT__BACKENDS__WEBHOOK__INITIAL_BACKOFF_MS", "200")
+            .env("PORTBOT__BACKENDS__WEBHOOK__MAX_BACKOFF_MS", "400")
+            .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the binary starts"),
+    );
     for _ in 0..100 {
         if reqwest::get(format!("http://{addr}/healthz")).await.is_ok() {
-            return Server(child);
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

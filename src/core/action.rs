@@ -516,11 +516,14 @@ impl Action {
     }
 }
 
+/// Inputs or properties with their rules, in order.
+type NamedSchemas = Vec<(String, ValueSchema)>;
+
 fn compile_inputs(
     raw: &RawUserInputs,
     ctx: &DefinitionContext,
     problems: &mut Vec<SchemaProblem>,
-) -> Option<(Vec<(String, ValueSchema)>, Vec<String>)> {
+) -> Option<(NamedSchemas, Vec<String>)> {
     let before = problems.len();
     let mut inputs = Vec::new();
     let mut names: Vec<&String> = raw
