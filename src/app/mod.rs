@@ -144,10 +144,6 @@ impl App {
         self.catalog().blueprint(id).cloned()
     }
 
-    pub fn directory(&self) -> &Directory {
-        &self.inner.directory
-    }
-
     pub fn run(&self, id: &RunId) -> Result<Run, AppError> {
         self.inner
             .store

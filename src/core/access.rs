@@ -29,14 +29,6 @@ impl Directory {
     pub fn is_member(&self, team: &str, who: &Identity) -> bool {
         self.teams.get(team).is_some_and(|m| m.contains(who))
     }
-
-    /// The teams someone belongs to.
-    pub fn teams_of<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a str> + 'a {
-        self.teams
-            .iter()
-            .filter(move |(_, members)| members.contains(who))
-            .map(|(name, _)| name.as_str())
-    }
 }
 
 /// The users and teams a permission admits (Port's `{users, teams}`).

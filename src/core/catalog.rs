@@ -235,10 +235,6 @@ impl Catalog {
             .map(|(_, e)| e)
     }
 
-    pub fn entity_count(&self) -> usize {
-        self.entities.len()
-    }
-
     /// Puts an entity in place without checks: for loading a stored catalog, which was checked
     /// when it was written. Use [`Catalog::check_all`] after a bulk load from files.
     pub fn insert(&mut self, entity: Entity) {

@@ -10,7 +10,6 @@
 //! |---------------------------|------------------------------------------|
 //! | `run/<run>`               | the run (JSON)                           |
 //! | `ev/<run>/<seq>`          | one run event (JSON)                     |
-//! | `active/<run>`            | empty; the run has not ended             |
 //! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
 //! | `inv/<run>`               | backend invocation attempts so far       |
@@ -96,12 +95,6 @@ impl Change {
 
     pub fn put_run(&mut self, run: &Run) {
         self.insert(run_key(&run.id), json(run));
-        let active = format!("active/{}", run.id).into_bytes();
-        if run.status.is_ended() {
-            self.remove(active);
-        } else {
-            self.insert(active, Vec::new());
-        }
     }
 
     pub fn put_event(&mut self, event: &RunEvent) {
@@ -204,11 +197,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Runs that have not ended, oldest first.
-    pub fn active_runs(&self) -> StoreResult<Vec<RunId>> {
-        self.ids_under(b"active/")
     }
 
     /// A run's events with a sequence number above `after`, in order.

@@ -1,0 +1,111 @@
+//! The durable outbox as a chat adapter will use it: every event reaches a consumer in order per
+//! run, and a store reopened after a stop resumes exactly after the last confirmed delivery.
+
+mod common;
+
+use std::time::Duration;
+
+use portbot::app::{App, Consumer};
+use portbot::core::action::RawInputs;
+use portbot::core::ids::{Identity, RunId};
+use portbot::core::run::EventKind;
+use portbot::metrics::Metrics;
+use portbot::store::Store;
+
+async fn open(dir: &std::path::Path) -> App {
+    let settings = common::settings_for(dir);
+    let definitions = portbot::definitions::load(&settings).expect("definitions load");
+    let store = Store::open(&settings.storage.path, 16).expect("store opens");
+    App::new(
+        store,
+        definitions,
+        vec![Consumer::new("chat", |_| true)],
+        Metrics::new(),
+    )
+    .await
+    .expect("app builds")
+}
+
+fn kinds(events: &[portbot::core::run::RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Log { message } => format!("log {message}"),
+            other => serde_json::to_value(other).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn consumers_resume_exactly_after_the_last_delivery() {
+    let dir = common::deployment(&[]);
+    let dev = Identity::try_from("dev@example.com").unwrap();
+    let (first, second): (RunId, RunId);
+    {
+        let app = open(dir.path()).await;
+        let inputs = || RawInputs::Text(vec![("instances".into(), "2".into())]);
+        first = app
+            .request_run(&dev, "add-documentdb", Some("mailer"), inputs(), "TEST")
+            .await
+            .unwrap()
+            .id;
+        second = app
+            .request_run(&dev, "add-documentdb", Some("mailer"), inputs(), "TEST")
+            .await
+            .unwrap()
+            .id;
+        app.append_logs(&first, vec!["a".into(), "b".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            app.outbox_due("chat").unwrap(),
+            vec![first.clone(), second.clone()]
+        );
+
+        let pending = app.outbox_pending("chat", &first).unwrap();
+        assert_eq!(
+            kinds(&pending),
+            ["CREATED", "APPROVAL_REQUESTED", "log a", "log b"]
+        );
+        // Deliver the first two, then stop before confirming the rest.
+        app.outbox_delivered("chat", &first, pending[1].seq)
+            .await
+            .unwrap();
+    }
+    // Let the store's flush task notice it is no longer used and release the database.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let app = open(dir.path()).await;
+    assert_eq!(
+        app.outbox_due("chat").unwrap(),
+        vec![first.clone(), second.clone()]
+    );
+    let pending = app.outbox_pending("chat", &first).unwrap();
+    assert_eq!(
+        kinds(&pending),
+        ["log a", "log b"],
+        "resumes after the confirmed delivery"
+    );
+    app.outbox_delivered("chat", &first, pending[1].seq)
+        .await
+        .unwrap();
+    let pending = app.outbox_pending("chat", &second).unwrap();
+    app.outbox_delivered("chat", &second, pending.last().unwrap().seq)
+        .await
+        .unwrap();
+    assert!(app.outbox_due("chat").unwrap().is_empty());
+    assert!(app.outbox_pending("chat", &first).unwrap().is_empty());
+
+    // A new event makes the run due again, with only that event pending.
+    app.append_log(&first, "c".into(), None, None)
+        .await
+        .unwrap();
+    assert_eq!(app.outbox_due("chat").unwrap(), vec![first.clone()]);
+    assert_eq!(
+        kinds(&app.outbox_pending("chat", &first).unwrap()),
+        ["log c"]
+    );
+}
