@@ -673,6 +673,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a person types, typing and checking it answers; it never panics.
+        #[test]
+        fn any_text_gets_an_answer(text in ".{0,40}", which in 0usize..6) {
+            let schemas = [
+                json!({"type": "number", "minimum": 1, "maximum": 5}),
+                json!({"type": "integer"}),
+                json!({"type": "boolean"}),
+                json!({"type": "array", "items": {"type": "number", "enum": [1, 2]}}),
+                json!({"type": "object"}),
+                json!({"type": "string", "format": "url", "pattern": "^h", "maxLength": 10}),
+            ];
+            let s = schema(schemas[which].clone());
+            if let Ok(value) = s.from_text(&text) {
+                let _ = s.check(&value, &NoEntities).map_err(|rule| rule.to_string());
+            }
+        }
+    }
+
     #[test]
     fn broken_definitions_name_the_keyword() {
         let problems = ValueSchema::compile(&json!({"type": "float", "pattern": "("})).unwrap_err();
