@@ -51,6 +51,8 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// sled's page cache; its default of 1 GiB is far more than portbot needs.
     pub cache_capacity_mb: u64,
+    /// How often sled is flushed and the write-ahead log trimmed.
+    pub checkpoint_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -41,13 +41,17 @@ impl Application {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        let store = Store::open(&settings.storage.path, settings.storage.cache_capacity_mb)
-            .with_context(|| {
-                format!(
-                    "cannot open the store at {}",
-                    settings.storage.path.display()
-                )
-            })?;
+        let store = Store::open(
+            &settings.storage.path,
+            settings.storage.cache_capacity_mb,
+            std::time::Duration::from_millis(settings.storage.checkpoint_interval_ms),
+        )
+        .with_context(|| {
+            format!(
+                "cannot open the store at {}",
+                settings.storage.path.display()
+            )
+        })?;
         let app = App::new(
             store,
             definitions,

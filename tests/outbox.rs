@@ -15,7 +15,12 @@ use portbot::store::Store;
 async fn open(dir: &std::path::Path) -> App {
     let settings = common::settings_for(dir);
     let definitions = portbot::definitions::load(&settings).expect("definitions load");
-    let store = Store::open(&settings.storage.path, 16).expect("store opens");
+    let store = Store::open(
+        &settings.storage.path,
+        16,
+        std::time::Duration::from_secs(1),
+    )
+    .expect("store opens");
     App::new(
         store,
         definitions,

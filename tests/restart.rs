@@ -24,18 +24,22 @@ impl Drop for Server {
     }
 }
 
-async fn start(dir: &Path, addr: SocketAddr) -> Server {
+/// Starts the binary; its log goes to `log`. Checkpoints are rare, so that what the first server
+/// acknowledged survives the kill in the write-ahead log only, and the restart must replay it.
+async fn start(dir: &Path, addr: SocketAddr, log: &str) -> Server {
     let server = Server(
         Command::new(common::binary())
             .arg("serve")
+            .env("PORTBOT__STORAGE__CHECKPOINT_INTERVAL_MS", "600000")
             .env("PORTBOT__SERVER__BIND", addr.to_string())
             .env("PORTBOT__STORAGE__PATH", dir.join("db"))
             .env("PORTBOT__CATALOG__PATH", dir.join("catalog"))
             .env("PORTBOT__BACKENDS__WEBHOOK__INITIAL_BACKOFF_MS", "200")
             .env("PORTBOT__BACKENDS__WEBHOOK__MAX_BACKOFF_MS", "400")
             .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
             .spawn()
             .expect("the binary starts"),
     );
@@ -65,7 +69,7 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
     );
     let dir = common::deployment(&[webhook, long]);
     let addr = free_addr();
-    let mut server = start(dir.path(), addr).await;
+    let mut server = start(dir.path(), addr, "first.log").await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
 
     let waiting = app
@@ -112,7 +116,9 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
     server.0.wait().unwrap();
     drop(server);
     let receiver = Receiver::start_on(hook_addr).await;
-    let _server = start(dir.path(), addr).await;
+    let _server = start(dir.path(), addr, "second.log").await;
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(log.contains("replayed the write-ahead log"), "{log}");
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
 
     // Every acknowledged log line is still there, in order.

@@ -10,6 +10,7 @@ mod catalog_change;
 pub mod outbox;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use chrono::Utc;
@@ -70,6 +71,8 @@ struct Inner {
     directory: Directory,
     catalog: RwLock<Catalog>,
     run_locks: Vec<Mutex<()>>,
+    /// Orders the ids of runs created in the same millisecond.
+    run_sequence: AtomicU16,
     consumers: Vec<Consumer>,
     metrics: Metrics,
 }
@@ -111,6 +114,7 @@ impl App {
                 directory: definitions.directory,
                 catalog: RwLock::new(catalog),
                 run_locks: (0..RUN_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                run_sequence: AtomicU16::new(0),
                 consumers,
                 metrics,
             }),
@@ -174,7 +178,8 @@ impl App {
         let checked =
             action.check_request(who, entity, inputs, &self.catalog(), &self.inner.directory)?;
         let now = Utc::now();
-        let id = RunId::new(now.timestamp_millis() as u64, rand::random());
+        let sequence = self.inner.run_sequence.fetch_add(1, Ordering::Relaxed);
+        let id = RunId::new(now.timestamp_millis() as u64, sequence, rand::random());
         let (mut run, kinds) = Run::create(
             NewRun {
                 id,

@@ -81,16 +81,20 @@ fn check_identifier(raw: &str) -> Result<(), InvalidIdentifier> {
     }
 }
 
-/// A run's identifier: `r_` followed by a time-ordered part and a random part, so that the
-/// store's key order is creation order.
+/// A run's identifier: `r_`, the creation time, a per-process sequence number and a random part,
+/// so that the store's key order is creation order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RunId(String);
 
 impl RunId {
-    /// A new id for a run created at `millis` (Unix epoch milliseconds); `random` makes it unique.
-    pub fn new(millis: u64, random: u64) -> Self {
-        Self(format!("r_{millis:012x}{:010x}", random & 0xff_ffff_ffff))
+    /// A new id for a run created at `millis` (Unix epoch milliseconds). `sequence` orders ids
+    /// made in the same millisecond; `random` keeps ids from two processes apart.
+    pub fn new(millis: u64, sequence: u16, random: u32) -> Self {
+        Self(format!(
+            "r_{millis:012x}{sequence:04x}{:06x}",
+            random & 0xff_ffff
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -196,9 +200,10 @@ mod tests {
 
     #[test]
     fn run_ids_sort_by_creation_time() {
-        let earlier = RunId::new(1_700_000_000_000, u64::MAX);
-        let later = RunId::new(1_700_000_000_001, 0);
-        assert!(earlier < later);
+        let earlier = RunId::new(1_700_000_000_000, 7, u32::MAX);
+        let same_ms = RunId::new(1_700_000_000_000, 8, 0);
+        let later = RunId::new(1_700_000_000_001, 0, 0);
+        assert!(earlier < same_ms && same_ms < later);
         assert_eq!(RunId::try_from(earlier.to_string()), Ok(earlier));
         assert!(RunId::try_from("x_1".to_owned()).is_err());
     }

@@ -542,7 +542,7 @@ mod tests {
     fn new_run(action: &Action, by: &str) -> Run {
         Run::create(
             NewRun {
-                id: RunId::new(1, 1),
+                id: RunId::new(1, 1, 1),
                 action,
                 entity: None,
                 properties: Map::new(),
@@ -582,7 +582,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "run r_0000000000010000000001 was already approved by ops2"
+            "run r_0000000000010001000001 was already approved by ops2"
         );
     }
 
