@@ -563,7 +563,7 @@ impl App {
         }
         for consumer in &self.inner.consumers {
             if events.iter().any(|e| (consumer.wants)(&e.kind)) {
-                consumer.wake.notify_one();
+                consumer.notify(&run.id);
             }
         }
         Ok(())

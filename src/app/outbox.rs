@@ -7,7 +7,9 @@
 //! mark is removed once the cursor reaches the run's newest event. An event is delivered again
 //! only if the process stopped between delivery and the cursor update.
 
-use tokio::sync::Notify;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
 
 use super::{App, AppError};
 use crate::core::ids::RunId;
@@ -18,17 +20,27 @@ use crate::store::Change;
 pub struct Consumer {
     pub name: &'static str,
     pub wants: fn(&EventKind) -> bool,
-    /// Woken after a change marked it due.
-    pub wake: Notify,
+    /// Told the id of each run a durable change made due.
+    due: mpsc::UnboundedSender<RunId>,
+    /// Taken once, by the consumer's worker.
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
 }
 
 impl Consumer {
     pub fn new(name: &'static str, wants: fn(&EventKind) -> bool) -> Consumer {
+        let (due, receiver) = mpsc::unbounded_channel();
         Consumer {
             name,
             wants,
-            wake: Notify::new(),
+            due,
+            receiver: Mutex::new(Some(receiver)),
         }
+    }
+
+    /// Passes on a run that has new wanted events (after they are durable).
+    pub(super) fn notify(&self, run: &RunId) {
+        // Without a worker listening the run stays due in the store; nothing is lost.
+        let _ = self.due.send(run.clone());
     }
 }
 
@@ -41,12 +53,18 @@ impl App {
             .expect("consumers are registered when the app is built")
     }
 
-    /// Waits until a change marks `consumer` due for some run.
-    pub async fn outbox_wait(&self, consumer: &str) {
-        self.consumer(consumer).wake.notified().await;
+    /// The runs that become due for `consumer` from now on, as they do. A worker takes this
+    /// once, then reads [`App::outbox_due`] for what was due before it started.
+    pub fn outbox_subscribe(&self, consumer: &str) -> mpsc::UnboundedReceiver<RunId> {
+        self.consumer(consumer)
+            .receiver
+            .lock()
+            .expect("consumer lock poisoned")
+            .take()
+            .expect("a consumer has one worker")
     }
 
-    /// Runs with events `consumer` has not delivered yet.
+    /// Runs with events `consumer` has not delivered yet, from the store.
     pub fn outbox_due(&self, consumer: &str) -> Result<Vec<RunId>, AppError> {
         Ok(self.inner.store.due_runs(consumer)?)
     }

@@ -5,8 +5,9 @@
 //! through the same [`App`] commands the runs API uses. A run that ends while its command is
 //! still running gets the command killed.
 //!
-//! After a restart, a due `Started` event is invoked again, except for `COMMAND`: a command
-//! that may already have run partly is not started twice; its run fails with an explanation.
+//! After a restart, a due `Started` event is invoked again (a webhook is sent again), except for
+//! `COMMAND`: a command that may already have run partly is not started twice; its run fails
+//! with an explanation.
 
 mod command;
 mod webhook;
@@ -68,18 +69,18 @@ pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
 
 impl Dispatcher {
     async fn run(self) {
+        let mut due = self.app.outbox_subscribe(CONSUMER);
+        // What was due before this start (a restart), then every 30 s: runs whose handling
+        // failed (a store error) are tried again.
+        let mut rescan = tokio::time::interval(Duration::from_secs(30));
         loop {
-            match self.app.outbox_due(CONSUMER) {
-                Ok(due) => {
-                    for run in due {
-                        self.take(run);
-                    }
-                }
-                Err(error) => tracing::error!(%error, "cannot read the backend outbox"),
+            tokio::select! {
+                Some(run) = due.recv() => self.take(run),
+                _ = rescan.tick() => match self.app.outbox_due(CONSUMER) {
+                    Ok(runs) => runs.into_iter().for_each(|run| self.take(run)),
+                    Err(error) => tracing::error!(%error, "cannot read the backend outbox"),
+                },
             }
-            // Woken by new work; the tick also retries runs whose handling failed.
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), self.app.outbox_wait(CONSUMER)).await;
         }
     }
 
@@ -107,29 +108,41 @@ impl Dispatcher {
         tokio::spawn(async move {
             if let Err(error) = this.handle(&run, &stop).await {
                 tracing::error!(run = %run, %error, "backend dispatch failed; will retry");
+                this.in_flight
+                    .lock()
+                    .expect("in-flight lock poisoned")
+                    .remove(&run);
             }
-            this.in_flight
-                .lock()
-                .expect("in-flight lock poisoned")
-                .remove(&run);
         });
     }
 
+    /// Delivers the run's pending events until none is left. The last check happens under the
+    /// in-flight lock, so an event that arrives meanwhile is either seen here or starts a new
+    /// handler in [`Dispatcher::take`].
     async fn handle(&self, id: &RunId, stop: &Notify) -> Result<(), AppError> {
-        for event in self.app.outbox_pending(CONSUMER, id)? {
-            if event.kind == EventKind::Started {
-                let run = self.app.run(id)?;
-                if !run.status.is_ended() {
-                    self.invoke(run, stop).await?;
+        loop {
+            let pending = {
+                let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+                let pending = self.app.outbox_pending(CONSUMER, id)?;
+                if pending.is_empty() {
+                    in_flight.remove(id);
+                    return Ok(());
                 }
+                pending
+            };
+            for event in pending {
+                if event.kind == EventKind::Started {
+                    let run = self.app.run(id)?;
+                    if !run.status.is_ended() {
+                        self.invoke(run, stop).await?;
+                    }
+                }
+                self.app.outbox_delivered(CONSUMER, id, event.seq).await?;
             }
-            self.app.outbox_delivered(CONSUMER, id, event.seq).await?;
         }
-        Ok(())
     }
 
     async fn invoke(&self, run: Run, stop: &Notify) -> Result<(), AppError> {
-        let earlier_attempts = self.app.begin_invocation(&run.id).await?;
         let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
             return self
                 .end(
@@ -142,22 +155,21 @@ impl Dispatcher {
         let started = Instant::now();
         let kind = action.invocation.kind();
         let result = match &action.invocation {
-            Invocation::Webhook(hook) => {
-                if earlier_attempts > 0 {
-                    self.log(&run.id, "portbot restarted before the webhook was confirmed; sending it again".into())
-                        .await;
+            // Sent again after a restart that came before its confirmation: receivers can
+            // recognise a repeat by `context.runId`.
+            Invocation::Webhook(hook) => webhook::invoke(self, &run, action, hook).await,
+            // A command is never started twice: the attempt is recorded before it starts.
+            Invocation::Command(cmd) => match self.app.begin_invocation(&run.id).await? {
+                0 => command::run(self, &run, cmd, stop).await,
+                _ => {
+                    self.end(
+                        &run.id,
+                        "portbot stopped while the command was running; it is not started again, so it cannot run twice. Run the action again if needed.".into(),
+                        RunStatus::Failure,
+                    )
+                    .await
                 }
-                webhook::invoke(self, &run, action, hook).await
-            }
-            Invocation::Command(cmd) if earlier_attempts > 0 => {
-                self.end(
-                    &run.id,
-                    "portbot stopped while the command was running; it is not started again, so it cannot run twice. Run the action again if needed.".into(),
-                    RunStatus::Failure,
-                )
-                .await
-            }
-            Invocation::Command(cmd) => command::run(self, &run, cmd, stop).await,
+            },
             Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| ()),
         };
         let ok = self
