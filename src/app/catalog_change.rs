@@ -34,6 +34,11 @@ impl<'a> CatalogChange<'a> {
             .get_or_insert_with(|| lock.write().expect("catalog lock poisoned"))
     }
 
+    /// Whether the change has touched the catalog (and so holds its write lock).
+    pub fn touched(&self) -> bool {
+        self.guard.is_some()
+    }
+
     /// The catalog as this change has left it so far.
     pub fn view(&mut self) -> &Catalog {
         self.catalog()

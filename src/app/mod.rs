@@ -1,10 +1,10 @@
 //! The one door: every adapter (HTTP API, CLI through the API, chat platforms) and every backend
 //! changes state through [`App`].
 //!
-//! Each command loads what it needs, asks the core to decide, applies the new state together with
+//! Each command loads what it needs, asks the core to decide, commits the new state together with
 //! the run's events and outbox marks as one atomic store change, and answers only once that change
-//! is durable. Changes to one run are serialised by a lock stripe; the flush happens after the lock
-//! is released, so concurrent requests share flushes (see `store::group_commit`).
+//! is durable. Changes to one run are serialised by a lock stripe; changes to different runs that
+//! are committed at the same time share one log sync (see `store::wal`).
 
 mod catalog_change;
 pub mod outbox;
@@ -95,8 +95,7 @@ impl App {
                 change.set_entity_source(entity, file.hash);
             }
         }
-        store.apply(change)?;
-        store.durable().await?;
+        store.commit(change).await?;
         let mut catalog = Catalog::new(definitions.blueprints);
         for entity in store.entities()? {
             if catalog.blueprint(&entity.blueprint).is_some() {
@@ -193,9 +192,9 @@ impl App {
         );
         let mut change = Change::default();
         let events = self.stage(&mut run, kinds, &mut change);
-        self.inner.store.apply(change)?;
+        self.inner.store.commit(change).await?;
         self.inner.metrics.runs_stored(1);
-        self.after_commit(&run, &events).await?;
+        self.after_commit(&run, &events);
         Ok(run)
     }
 
@@ -317,10 +316,7 @@ impl App {
             operation: ChangeOperation::Upsert,
         };
         let Some(run_id) = run else {
-            let stored =
-                self.change_catalog(|catalog, change| catalog.upsert(entity, merge, change))?;
-            self.inner.store.durable().await?;
-            return Ok(stored);
+            return self.change_catalog(|catalog, change| catalog.upsert(entity, merge, change));
         };
         let key = (entity.blueprint.clone(), entity.identifier.clone());
         self.mutate_run_with(run_id, |_, run, catalog, change| {
@@ -350,12 +346,10 @@ impl App {
         blueprint: &BlueprintId,
         id: &EntityId,
     ) -> Result<(), AppError> {
-        self.change_catalog(|catalog, change| catalog.delete(blueprint, id, change))?;
-        self.inner.store.durable().await?;
-        Ok(())
+        self.change_catalog(|catalog, change| catalog.delete(blueprint, id, change))
     }
 
-    /// A catalog change outside any run, applied (not yet durable) when `edit` succeeds.
+    /// A catalog change outside any run, committed when `edit` succeeds.
     fn change_catalog<T>(
         &self,
         edit: impl FnOnce(&mut CatalogChange, &mut Change) -> Result<T, CatalogError>,
@@ -363,7 +357,7 @@ impl App {
         let mut change = Change::default();
         let mut catalog = CatalogChange::begin(&self.inner.catalog);
         let out = edit(&mut catalog, &mut change)?;
-        self.inner.store.apply(change)?;
+        self.inner.store.commit_blocking(change)?;
         catalog.keep();
         Ok(out)
     }
@@ -374,8 +368,7 @@ impl App {
         let previous = self.inner.store.invocation_attempts(id)?;
         let mut change = Change::default();
         change.set_invocation_attempts(id, previous + 1);
-        self.inner.store.apply(change)?;
-        self.inner.store.durable().await?;
+        self.inner.store.commit(change).await?;
         Ok(previous)
     }
 
@@ -406,8 +399,10 @@ impl App {
         ) -> Result<Vec<EventKind>, AppError>,
     ) -> Result<Run, AppError> {
         let guard = self.lock_run(id).await;
-        // Synchronous from here to the apply: the catalog's write lock must not cross an await.
-        let (run, events) = {
+        // Synchronous to the end of the block: the catalog's write lock must not cross an await.
+        // A change that touched the catalog is committed inside (blocking, rare); any other
+        // after the block.
+        let (run, events, queued) = {
             let mut run = self.run(id)?;
             let mut change = Change::default();
             let mut catalog = CatalogChange::begin(&self.inner.catalog);
@@ -421,12 +416,19 @@ impl App {
                 self.apply_on_success(&mut run, &mut kinds, &mut catalog, &mut change);
             }
             let events = self.stage(&mut run, kinds, &mut change);
-            self.inner.store.apply(change)?;
-            catalog.keep();
-            (run, events)
+            if catalog.touched() {
+                self.inner.store.commit_blocking(change)?;
+                catalog.keep();
+                (run, events, None)
+            } else {
+                (run, events, Some(change))
+            }
         };
+        if let Some(change) = queued {
+            self.inner.store.commit(change).await?;
+        }
         drop(guard);
-        self.after_commit(&run, &events).await?;
+        self.after_commit(&run, &events);
         Ok(run)
     }
 
@@ -543,9 +545,8 @@ impl App {
         events
     }
 
-    /// Waits for durability, then tells metrics and consumers.
-    async fn after_commit(&self, run: &Run, events: &[RunEvent]) -> Result<(), AppError> {
-        self.inner.store.durable().await?;
+    /// After a durable commit: tells metrics and consumers.
+    fn after_commit(&self, run: &Run, events: &[RunEvent]) {
         for event in events {
             let entered = match &event.kind {
                 EventKind::Created => Some(if run.approval.is_some() {
@@ -566,7 +567,6 @@ impl App {
                 consumer.notify(&run.id);
             }
         }
-        Ok(())
     }
 }
 

@@ -99,9 +99,8 @@ impl App {
             .any(|e| wants(&e.kind));
         let mut change = Change::default();
         change.set_delivered(consumer, run, seq, !more);
-        self.inner.store.apply(change)?;
+        self.inner.store.commit(change).await?;
         drop(guard);
-        self.inner.store.durable().await?;
         Ok(())
     }
 }

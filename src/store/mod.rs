@@ -1,9 +1,10 @@
 //! The only module that touches sled: runs, run events, the outbox, backend invocation marks
 //! and catalog entities, in one tree so that a [`Change`] is one atomic batch.
 //!
-//! Writes become durable through a write-ahead log (`wal`): [`Store::durable`] waits until the
-//! log holding them is synced, and concurrent waiters share one sync (group commit), so a busy
-//! server pays one `fdatasync` per group of requests. sled is flushed in the background.
+//! Writes become durable through a write-ahead log (`wal`), whose writer thread is sled's only
+//! writer: [`Store::commit`] returns once a change is logged, synced and applied, and changes
+//! waiting at the same time share one sync (group commit), so a busy server pays one
+//! `fdatasync` per group of requests. sled itself is flushed at checkpoints.
 //!
 //! Key layout (`/` separated, numbers big-endian so that byte order is numeric order):
 //!
@@ -49,7 +50,7 @@ pub struct Store {
     wal: Arc<Wal>,
 }
 
-/// A set of writes applied atomically by [`Store::apply`].
+/// A set of writes committed atomically by [`Store::commit`].
 #[derive(Default)]
 pub struct Change {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
@@ -166,14 +167,16 @@ impl Store {
         })
     }
 
-    /// Applies a change atomically. It is visible at once and durable after [`Store::durable`].
-    pub fn apply(&self, change: Change) -> StoreResult<()> {
-        self.wal.append(&self.db, &change.ops)
+    /// Writes a change; returns once it is durable and visible. Changes waiting at the same
+    /// time share one log write and one sync.
+    pub async fn commit(&self, change: Change) -> StoreResult<()> {
+        self.wal.write(change.ops).await
     }
 
-    /// Waits until everything applied before this call is on disk.
-    pub async fn durable(&self) -> StoreResult<()> {
-        self.wal.durable().await
+    /// Like [`Store::commit`], blocking the thread: for the rare changes made under a lock
+    /// that must not be held across an await (the catalog's).
+    pub fn commit_blocking(&self, change: Change) -> StoreResult<()> {
+        self.wal.write_blocking(change.ops)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {

@@ -1,17 +1,20 @@
-//! The write-ahead log that makes store changes durable.
+//! The write-ahead log that makes store changes durable, and the single writer of sled.
 //!
-//! sled's own flush writes many small pages per call (about eight writes and syncs per run in
-//! the benchmark), which capped portbot at under 2,000 durable runs/s. So durability comes from
-//! this append-only log instead, and sled holds the state:
+//! sled syncs its own log on every `apply_batch`, and its `flush` writes many small pages, which
+//! capped portbot at under 2,000 durable runs/s. So one writer thread does this instead:
 //!
-//! 1. [`Wal::append`] applies a change to sled and appends its writes to an in-memory buffer,
-//!    under one lock, so the log's order is sled's order.
-//! 2. [`Wal::durable`] hands a waiter to the commit thread, which writes the buffer and calls
-//!    `fdatasync` once for every waiter it collected (group commit).
-//! 3. The checkpoint thread starts a new log segment, flushes sled (which now holds everything
-//!    in the older segments), and deletes the older segments.
-//! 4. At start, [`Wal::open`] replays any segments left by a crash into sled, in order. A torn
-//!    record at the tail (one whose write was never confirmed) is ignored.
+//! 1. It takes every change waiting at that moment (group commit), writes them to the log as
+//!    one record and calls `fdatasync` once.
+//! 2. Only then does it apply them to sled, key by key (sled's own syncs are not needed), and
+//!    tells the writers: their change is durable and visible.
+//! 3. Every checkpoint interval, between groups, it starts a new log segment, flushes sled
+//!    (which now holds everything in the older segments) and deletes the older segments.
+//! 4. At start, [`Wal::open`] replays the segments a crash left, in order, into sled. A record
+//!    whose write was torn was never confirmed to anyone and is ignored.
+//!
+//! The log is written before sled is touched, so whatever part of a change sled may have
+//! persisted on its own is completed by the replay. One writer means sled never flushes half a
+//! group at a checkpoint.
 //!
 //! A record is `[len: u32][crc32: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
 //! an insert or `[0][klen: u32][key]` for a removal, all little-endian.
@@ -19,28 +22,25 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::{StoreError, StoreResult};
 
 type Op = (Vec<u8>, Option<Vec<u8>>);
-type Waiter = oneshot::Sender<Result<(), String>>;
 
-struct Log {
-    file: Arc<File>,
-    segment: u64,
-    /// Records appended since the commit thread last took them.
-    pending: Vec<u8>,
+/// A change waiting for the writer, and who to tell.
+enum Reply {
+    Async(oneshot::Sender<Result<(), String>>),
+    Blocking(mpsc::Sender<Result<(), String>>),
 }
 
+type Submitted = (Vec<Op>, Reply);
+
 pub struct Wal {
-    log: Arc<Mutex<Log>>,
-    waiters: mpsc::Sender<Waiter>,
-    /// Dropped with the log: tells the checkpoint thread to stop, so sled can close.
-    _stop: mpsc::Sender<()>,
+    submit: mpsc::Sender<Submitted>,
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
@@ -123,20 +123,33 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
     records
 }
 
-fn to_batch(ops: &[Op]) -> sled::Batch {
-    let mut batch = sled::Batch::default();
+fn apply(db: &sled::Db, ops: &[Op]) -> sled::Result<()> {
     for (key, value) in ops {
         match value {
-            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-            None => batch.remove(key.as_slice()),
-        }
+            Some(value) => db.insert(key.as_slice(), value.as_slice())?,
+            None => db.remove(key.as_slice())?,
+        };
     }
-    batch
+    Ok(())
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Flush(e.to_string())
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: sled::Db,
+    dir: PathBuf,
+    file: File,
+    segment: u64,
+    checkpoint_every: Duration,
+    last_checkpoint: Instant,
 }
 
 impl Wal {
-    /// Replays what a crash left into `db`, then starts a fresh segment and the commit and
-    /// checkpoint threads; a checkpoint runs every `checkpoint_every`.
+    /// Replays what a crash left into `db`, then starts a fresh segment and the writer thread;
+    /// a checkpoint runs every `checkpoint_every`.
     pub fn open(db: &sled::Db, dir: PathBuf, checkpoint_every: Duration) -> StoreResult<Wal> {
         std::fs::create_dir_all(&dir).map_err(io_error)?;
         let left = segments(&dir).map_err(io_error)?;
@@ -147,7 +160,7 @@ impl Wal {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_error)?;
             for ops in decode(&bytes) {
-                db.apply_batch(to_batch(&ops))?;
+                apply(db, &ops)?;
                 replayed += 1;
             }
         }
@@ -159,107 +172,115 @@ impl Wal {
             std::fs::remove_file(segment_path(&dir, *segment)).map_err(io_error)?;
         }
         let segment = left.last().map_or(0, |s| s + 1);
-        let log = Arc::new(Mutex::new(Log {
-            file: Arc::new(open_segment(&dir, segment).map_err(io_error)?),
+        let mut writer = Writer {
+            db: db.clone(),
+            file: open_segment(&dir, segment).map_err(io_error)?,
+            dir,
             segment,
-            pending: Vec::new(),
-        }));
-        let (waiters, rx) = mpsc::channel::<Waiter>();
-        let commit_log = log.clone();
+            checkpoint_every,
+            last_checkpoint: Instant::now(),
+        };
+        let (submit, submitted) = mpsc::channel::<Submitted>();
         std::thread::Builder::new()
-            .name("portbot-wal-commit".into())
-            .spawn(move || commit_loop(&commit_log, &rx))
+            .name("portbot-store-writer".into())
+            .spawn(move || writer.run(&submitted))
             .map_err(io_error)?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let checkpoint_log = log.clone();
-        let checkpoint_db = db.clone();
-        std::thread::Builder::new()
-            .name("portbot-wal-checkpoint".into())
-            .spawn(move || {
-                // Runs until the store is dropped, which disconnects the channel.
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(checkpoint_every) {
-                    if let Err(error) = checkpoint(&checkpoint_log, &checkpoint_db, &dir) {
-                        tracing::error!(%error, "checkpoint failed; the log keeps growing until one succeeds");
-                    }
-                }
-            })
-            .map_err(io_error)?;
-        Ok(Wal {
-            log,
-            waiters,
-            _stop: stop,
-        })
+        Ok(Wal { submit })
     }
 
-    /// Applies the writes to sled and queues them for the log, in one order for both.
-    pub fn append(&self, db: &sled::Db, ops: &[Op]) -> StoreResult<()> {
-        let batch = to_batch(ops);
+    /// Writes a change; returns once it is durable and visible.
+    pub async fn write(&self, ops: Vec<Op>) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit
+            .send((ops, Reply::Async(tx)))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?.map_err(StoreError::Flush)
+    }
+
+    /// Like [`Wal::write`], blocking the calling thread: for the rare changes made under a
+    /// lock that must not be held across an await (the catalog's).
+    pub fn write_blocking(&self, ops: Vec<Op>) -> StoreResult<()> {
+        let (tx, rx) = mpsc::channel();
+        self.submit
+            .send((ops, Reply::Blocking(tx)))
+            .map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?.map_err(StoreError::Flush)
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Flush("the store's writer thread has stopped".into())
+}
+
+impl Writer {
+    /// Until the store is dropped: group, log, sync, apply, answer; checkpoint between groups.
+    fn run(&mut self, submitted: &mpsc::Receiver<Submitted>) {
+        loop {
+            let first = match submitted.recv_timeout(self.checkpoint_every) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut group = vec![first];
+            group.extend(submitted.try_iter());
+            let result = self.commit(&group).map_err(|e| e.to_string());
+            for (_, reply) in group {
+                // A writer whose request was dropped no longer listens.
+                match reply {
+                    Reply::Async(tx) => {
+                        let _ = tx.send(result.clone());
+                    }
+                    Reply::Blocking(tx) => {
+                        let _ = tx.send(result.clone());
+                    }
+                }
+            }
+            self.checkpoint_if_due();
+        }
+    }
+
+    fn commit(&mut self, group: &[Submitted]) -> StoreResult<()> {
         let mut record = Vec::new();
-        encode(ops, &mut record);
-        let mut log = self.log.lock().expect("wal lock poisoned");
-        db.apply_batch(batch)?;
-        log.pending.extend_from_slice(&record);
+        let ops: Vec<Op> = group
+            .iter()
+            .flat_map(|(ops, _)| ops.iter().cloned())
+            .collect();
+        encode(&ops, &mut record);
+        self.file.write_all(&record).map_err(io_error)?;
+        self.file.sync_data().map_err(io_error)?;
+        apply(&self.db, &ops)?;
         Ok(())
     }
 
-    /// Waits until everything appended before this call is on disk.
-    pub async fn durable(&self) -> StoreResult<()> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .send(tx)
-            .map_err(|_| StoreError::Flush("the log's commit thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Flush("the log's commit thread has stopped".into()))?
-            .map_err(StoreError::Flush)
-    }
-}
-
-/// Writes and syncs the pending records once per group of waiters.
-fn commit_loop(log: &Mutex<Log>, waiters: &mpsc::Receiver<Waiter>) {
-    while let Ok(first) = waiters.recv() {
-        let mut group = vec![first];
-        group.extend(waiters.try_iter());
-        let (file, records) = {
-            let mut log = log.lock().expect("wal lock poisoned");
-            (log.file.clone(), std::mem::take(&mut log.pending))
-        };
-        let result = (&*file)
-            .write_all(&records)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| format!("the write-ahead log could not be written: {e}"));
-        for waiter in group {
-            // A waiter whose request was dropped no longer listens.
-            let _ = waiter.send(result.clone());
+    /// Starts a new segment, makes sled durable, then drops the segments sled now covers.
+    fn checkpoint_if_due(&mut self) {
+        if self.last_checkpoint.elapsed() < self.checkpoint_every {
+            return;
+        }
+        self.last_checkpoint = Instant::now();
+        let result = (|| -> StoreResult<()> {
+            if self.file.metadata().map_err(io_error)?.len() == 0 {
+                return Ok(());
+            }
+            let next = self.segment + 1;
+            self.file = open_segment(&self.dir, next).map_err(io_error)?;
+            self.segment = next;
+            // Every record in the older segments has been applied to sled by this thread.
+            self.db.flush()?;
+            for segment in segments(&self.dir).map_err(io_error)? {
+                if segment < next {
+                    std::fs::remove_file(segment_path(&self.dir, segment)).map_err(io_error)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(error) = result {
+            tracing::error!(%error, "checkpoint failed; the log keeps growing until one succeeds");
         }
     }
-}
-
-/// Starts a new segment, makes sled durable, then drops the segments sled now covers.
-fn checkpoint(log: &Mutex<Log>, db: &sled::Db, dir: &Path) -> StoreResult<()> {
-    let current = {
-        let mut log = log.lock().expect("wal lock poisoned");
-        if log.pending.is_empty() && log.file.metadata().map_err(io_error)?.len() == 0 {
-            return Ok(());
-        }
-        let next = log.segment + 1;
-        // Pending records go to the new segment: sled already has them, and replaying them
-        // again, in order, before anything newer, leaves the same state.
-        log.file = Arc::new(open_segment(dir, next).map_err(io_error)?);
-        log.segment = next;
-        next
-    };
-    // Every change in the older segments was applied to sled before the switch.
-    db.flush()?;
-    for segment in segments(dir).map_err(io_error)? {
-        if segment < current {
-            std::fs::remove_file(segment_path(dir, segment)).map_err(io_error)?;
-        }
-    }
-    Ok(())
-}
-
-fn io_error(e: std::io::Error) -> StoreError {
-    StoreError::Flush(e.to_string())
 }
 
 #[cfg(test)]
