@@ -76,7 +76,7 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
             ["CREATED", "APPROVAL_REQUESTED", "log a", "log b"]
         );
         // Deliver the first two, then stop before confirming the rest.
-        app.outbox_delivered("chat", &first, pending[1].seq)
+        app.outbox_delivered("chat", &first, pending[1].seq, None)
             .await
             .unwrap();
     }
@@ -94,11 +94,11 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
         ["log a", "log b"],
         "resumes after the confirmed delivery"
     );
-    app.outbox_delivered("chat", &first, pending[1].seq)
+    app.outbox_delivered("chat", &first, pending[1].seq, None)
         .await
         .unwrap();
     let pending = app.outbox_pending("chat", &second).unwrap();
-    app.outbox_delivered("chat", &second, pending.last().unwrap().seq)
+    app.outbox_delivered("chat", &second, pending.last().unwrap().seq, None)
         .await
         .unwrap();
     assert!(app.outbox_due("chat").unwrap().is_empty());

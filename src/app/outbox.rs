@@ -82,25 +82,41 @@ impl App {
             .collect())
     }
 
-    /// Records that `consumer` delivered the run's events up to `seq`.
+    /// Records that `consumer` delivered the run's events up to `seq`. A `note` (what the
+    /// delivery achieved, e.g. "webhook delivered") is logged on the run in the same change.
     pub async fn outbox_delivered(
         &self,
         consumer: &str,
         run: &RunId,
         seq: u64,
+        note: Option<String>,
     ) -> Result<(), AppError> {
         let wants = self.consumer(consumer).wants;
         let guard = self.lock_run(run).await;
+        let mut change = Change::default();
+        let mut noted = None;
+        if let Some(note) = note {
+            let mut current = self.run(run)?;
+            // A run that ended meanwhile takes no more log lines; the delivery still counts.
+            if let Ok(kinds) = current.log(note) {
+                let events = self.stage(&mut current, kinds, &mut change);
+                noted = Some((current, events));
+            }
+        }
+        let staged = noted.iter().flat_map(|(_, events)| events);
         let more = self
             .inner
             .store
             .events(run, seq)?
             .iter()
+            .chain(staged)
             .any(|e| wants(&e.kind));
-        let mut change = Change::default();
         change.set_delivered(consumer, run, seq, !more);
         self.inner.store.commit(change).await?;
         drop(guard);
+        if let Some((current, events)) = noted {
+            self.after_commit(&current, &events);
+        }
         Ok(())
     }
 }

@@ -13,8 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, Notify};
 
-use super::Dispatcher;
-use crate::app::AppError;
+use super::{Dispatcher, Outcome};
 use crate::core::action::CommandInvocation;
 use crate::core::run::{Run, RunStatus};
 use crate::core::schema::plain_text;
@@ -37,7 +36,7 @@ pub(super) async fn run(
     run: &Run,
     cmd: &CommandInvocation,
     stop: &Notify,
-) -> Result<(), AppError> {
+) -> Outcome {
     let entity = run.entity.as_ref().and_then(|e| {
         dispatcher
             .app
@@ -205,7 +204,7 @@ pub(super) async fn run(
                 )
                 .await
         }
-        Ending::Stopped => Ok(()),
+        Ending::Stopped => Ok(None),
     }
 }
 

@@ -26,6 +26,10 @@ use crate::core::run::{EventKind, Run, RunStatus};
 
 pub use webhook::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
+/// How an invocation went: `Ok(Some(note))` when the backend took the run and will report on its
+/// own; the note is logged together with the delivery.
+type Outcome = Result<Option<String>, AppError>;
+
 /// The outbox consumer name of the dispatcher.
 pub const CONSUMER: &str = "backend";
 
@@ -131,18 +135,21 @@ impl Dispatcher {
                 pending
             };
             for event in pending {
+                let mut note = None;
                 if event.kind == EventKind::Started {
                     let run = self.app.run(id)?;
                     if !run.status.is_ended() {
-                        self.invoke(run, stop).await?;
+                        note = self.invoke(run, stop).await?;
                     }
                 }
-                self.app.outbox_delivered(CONSUMER, id, event.seq).await?;
+                self.app
+                    .outbox_delivered(CONSUMER, id, event.seq, note)
+                    .await?;
             }
         }
     }
 
-    async fn invoke(&self, run: Run, stop: &Notify) -> Result<(), AppError> {
+    async fn invoke(&self, run: Run, stop: &Notify) -> Outcome {
         let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
             return self
                 .end(
@@ -170,7 +177,7 @@ impl Dispatcher {
                     .await
                 }
             },
-            Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| ()),
+            Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| None),
         };
         let ok = self
             .app
@@ -191,9 +198,9 @@ impl Dispatcher {
     }
 
     /// Ends the run with a final log line, unless it has ended already.
-    async fn end(&self, run: &RunId, message: String, status: RunStatus) -> Result<(), AppError> {
+    async fn end(&self, run: &RunId, message: String, status: RunStatus) -> Outcome {
         match self.app.append_log(run, message, Some(status), None).await {
-            Ok(_) | Err(AppError::Run(_)) => Ok(()),
+            Ok(_) | Err(AppError::Run(_)) => Ok(None),
             Err(other) => Err(other),
         }
     }

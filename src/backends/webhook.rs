@@ -10,8 +10,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::Dispatcher;
-use crate::app::AppError;
+use super::{Dispatcher, Outcome};
 use crate::config::ClientRole;
 use crate::core::action::{Action, WebhookInvocation};
 use crate::core::run::{Run, RunStatus};
@@ -72,7 +71,7 @@ pub(super) async fn invoke(
     run: &Run,
     action: &Action,
     hook: &WebhookInvocation,
-) -> Result<(), AppError> {
+) -> Outcome {
     let entity = run.entity.as_ref().and_then(|e| {
         dispatcher
             .app
@@ -195,7 +194,7 @@ async fn finish(
     hook: &WebhookInvocation,
     status: reqwest::StatusCode,
     text: &str,
-) -> Result<(), AppError> {
+) -> Outcome {
     let code = status.as_u16();
     let excerpt: String = text.chars().take(500).collect();
     match (status.is_success(), hook.synchronized) {
@@ -208,15 +207,9 @@ async fn finish(
                 )
                 .await
         }
-        (true, false) => {
-            dispatcher
-                .log(
-                    &run.id,
-                    format!("webhook delivered (HTTP {code}); waiting for the backend to report"),
-                )
-                .await;
-            Ok(())
-        }
+        (true, false) => Ok(Some(format!(
+            "webhook delivered (HTTP {code}); waiting for the backend to report"
+        ))),
         (false, _) => {
             dispatcher
                 .end(

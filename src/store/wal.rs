@@ -226,7 +226,11 @@ impl Writer {
             };
             let mut group = vec![first];
             group.extend(submitted.try_iter());
-            let result = self.commit(&group).map_err(|e| e.to_string());
+            let ops: Vec<Op> = group
+                .iter_mut()
+                .flat_map(|(ops, _)| std::mem::take(ops))
+                .collect();
+            let result = self.commit(&ops).map_err(|e| e.to_string());
             for (_, reply) in group {
                 // A writer whose request was dropped no longer listens.
                 match reply {
@@ -242,16 +246,12 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, group: &[Submitted]) -> StoreResult<()> {
+    fn commit(&mut self, ops: &[Op]) -> StoreResult<()> {
         let mut record = Vec::new();
-        let ops: Vec<Op> = group
-            .iter()
-            .flat_map(|(ops, _)| ops.iter().cloned())
-            .collect();
-        encode(&ops, &mut record);
+        encode(ops, &mut record);
         self.file.write_all(&record).map_err(io_error)?;
         self.file.sync_data().map_err(io_error)?;
-        apply(&self.db, &ops)?;
+        apply(&self.db, ops)?;
         Ok(())
     }
 
