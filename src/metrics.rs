@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::run::RunStatus;
@@ -12,7 +12,6 @@ use crate::core::run::RunStatus;
 pub struct Metrics {
     registry: Registry,
     runs: IntCounterVec,
-    stored_runs: IntGauge,
     http: HistogramVec,
     backend_seconds: HistogramVec,
     backend_errors: IntCounterVec,
@@ -33,11 +32,6 @@ impl Metrics {
                 "Runs that entered each status since the process started",
             ),
             &["status"],
-        )
-        .expect("valid metric");
-        let stored_runs = IntGauge::new(
-            "stored_runs",
-            "Runs in the store when the process started, plus runs created since",
         )
         .expect("valid metric");
         let http = HistogramVec::new(
@@ -70,7 +64,6 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(stored_runs.clone()),
             Box::new(http.clone()),
             Box::new(backend_seconds.clone()),
             Box::new(backend_errors.clone()),
@@ -83,7 +76,6 @@ impl Metrics {
         Metrics {
             registry,
             runs,
-            stored_runs,
             http,
             backend_seconds,
             backend_errors,
@@ -92,10 +84,6 @@ impl Metrics {
 
     pub fn run_entered(&self, status: RunStatus) {
         self.runs.with_label_values(&[status.as_str()]).inc();
-    }
-
-    pub fn runs_stored(&self, count: i64) {
-        self.stored_runs.add(count);
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

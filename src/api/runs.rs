@@ -119,7 +119,7 @@ pub async fn list(
     Params(q): Params<RunsQuery>,
 ) -> Reply {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let runs = state.app.runs(limit, |run| {
+    let runs = state.app.runs(limit, q.active == Some(true), |run| {
         q.entity.as_deref().is_none_or(|e| {
             run.entity
                 .as_ref()

@@ -105,7 +105,6 @@ impl App {
         for (entity, error) in catalog.check_all() {
             tracing::warn!(blueprint = %entity.blueprint, entity = %entity.identifier, %error, "stored entity breaks a rule");
         }
-        metrics.runs_stored(store.run_count() as i64);
         Ok(App {
             inner: Arc::new(Inner {
                 store,
@@ -154,8 +153,14 @@ impl App {
             .ok_or_else(|| AppError::RunNotFound(id.clone()))
     }
 
-    pub fn runs(&self, limit: usize, keep: impl Fn(&Run) -> bool) -> Result<Vec<Run>, AppError> {
-        Ok(self.inner.store.runs(limit, keep)?)
+    /// Runs newest first: only those not ended with `active_only`, then those `keep` accepts.
+    pub fn runs(
+        &self,
+        limit: usize,
+        active_only: bool,
+        keep: impl Fn(&Run) -> bool,
+    ) -> Result<Vec<Run>, AppError> {
+        Ok(self.inner.store.runs(limit, active_only, keep)?)
     }
 
     /// A run's events after `after`, in order.
@@ -193,7 +198,6 @@ impl App {
         let mut change = Change::default();
         let events = self.stage(&mut run, kinds, &mut change);
         self.inner.store.commit(change).await?;
-        self.inner.metrics.runs_stored(1);
         self.after_commit(&run, &events);
         Ok(run)
     }

@@ -12,6 +12,7 @@
 //! |---------------------------|------------------------------------------|
 //! | `run/<run>`               | the run (JSON)                           |
 //! | `ev/<run>/<seq>`          | one run event (JSON)                     |
+//! | `active/<run>`            | empty; the run has not ended             |
 //! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
 //! | `inv/<run>`               | backend invocation attempts so far       |
@@ -60,6 +61,13 @@ fn run_key(id: &RunId) -> Vec<u8> {
     format!("run/{id}").into_bytes()
 }
 
+/// `active/<run>` -> `run/<run>`.
+fn run_key_from_index(index_key: &[u8]) -> Vec<u8> {
+    let mut key = b"run/".to_vec();
+    key.extend_from_slice(&index_key[b"active/".len()..]);
+    key
+}
+
 fn event_key(id: &RunId, seq: u64) -> Vec<u8> {
     let mut key = format!("ev/{id}/").into_bytes();
     key.extend_from_slice(&seq.to_be_bytes());
@@ -99,6 +107,12 @@ impl Change {
 
     pub fn put_run(&mut self, run: &Run) {
         self.insert(run_key(&run.id), json(run));
+        let active = format!("active/{}", run.id).into_bytes();
+        if run.status.is_ended() {
+            self.remove(active);
+        } else {
+            self.insert(active, Vec::new());
+        }
     }
 
     pub fn put_event(&mut self, event: &RunEvent) {
@@ -191,11 +205,36 @@ impl Store {
         self.get(&run_key(id))
     }
 
-    /// Runs newest first, those `keep` accepts, at most `limit`.
-    pub fn runs(&self, limit: usize, keep: impl Fn(&Run) -> bool) -> StoreResult<Vec<Run>> {
+    /// Runs newest first (only those not ended with `active_only`), those `keep` accepts, at
+    /// most `limit`.
+    pub fn runs(
+        &self,
+        limit: usize,
+        active_only: bool,
+        keep: impl Fn(&Run) -> bool,
+    ) -> StoreResult<Vec<Run>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(b"run/").rev() {
-            let (_, bytes) = item?;
+        let records: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> = if active_only {
+            // The index is small: only runs that have not ended.
+            let ids = self.db.scan_prefix(b"active/").rev().map(|item| {
+                let (key, _) = item?;
+                let run = run_key_from_index(&key);
+                Ok(self.db.get(run)?.unwrap_or_default())
+            });
+            Box::new(ids)
+        } else {
+            Box::new(
+                self.db
+                    .scan_prefix(b"run/")
+                    .rev()
+                    .map(|item| item.map(|(_, v)| v)),
+            )
+        };
+        for bytes in records {
+            let bytes = bytes?;
+            if bytes.is_empty() {
+                continue;
+            }
             let run: Run = serde_json::from_slice(&bytes)?;
             if keep(&run) {
                 out.push(run);
@@ -261,10 +300,6 @@ impl Store {
             .db
             .get(format!("src/{blueprint}/{id}"))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
-    }
-
-    pub fn run_count(&self) -> usize {
-        self.db.scan_prefix(b"run/").count()
     }
 
     fn ids_under(&self, prefix: &[u8]) -> StoreResult<Vec<RunId>> {

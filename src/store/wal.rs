@@ -7,14 +7,17 @@
 //!    one record and calls `fdatasync` once.
 //! 2. Only then does it apply them to sled, key by key (sled's own syncs are not needed), and
 //!    tells the writers: their change is durable and visible.
-//! 3. Every checkpoint interval, between groups, it starts a new log segment, flushes sled
-//!    (which now holds everything in the older segments) and deletes the older segments.
+//! 3. Every checkpoint interval, between groups, it starts a new log segment and hands the older
+//!    ones to the checkpoint thread, which flushes sled (which holds everything in them) and
+//!    deletes them. Writing goes on meanwhile.
 //! 4. At start, [`Wal::open`] replays the segments a crash left, in order, into sled. A record
 //!    whose write was torn was never confirmed to anyone and is ignored.
 //!
 //! The log is written before sled is touched, so whatever part of a change sled may have
-//! persisted on its own is completed by the replay. One writer means sled never flushes half a
-//! group at a checkpoint.
+//! persisted on its own (at a checkpoint's flush or when its buffers fill) is in a segment that
+//! is kept until a later flush, and the replay completes it. One writer, switching segments only
+//! between groups, means every group in a segment handed to the checkpoint thread is wholly in
+//! sled before that flush starts.
 //!
 //! A record is `[len: u32][crc32: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
 //! an insert or `[0][klen: u32][key]` for a removal, all little-endian.
@@ -22,7 +25,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -145,6 +149,10 @@ struct Writer {
     segment: u64,
     checkpoint_every: Duration,
     last_checkpoint: Instant,
+    /// Set while the checkpoint thread flushes; no new checkpoint starts until it is done.
+    checkpointing: Arc<AtomicBool>,
+    /// To the checkpoint thread: segments below this one may go once sled is flushed.
+    checkpoints: mpsc::Sender<u64>,
 }
 
 impl Wal {
@@ -172,6 +180,21 @@ impl Wal {
             std::fs::remove_file(segment_path(&dir, *segment)).map_err(io_error)?;
         }
         let segment = left.last().map_or(0, |s| s + 1);
+        let checkpointing = Arc::new(AtomicBool::new(false));
+        let (checkpoints, due) = mpsc::channel::<u64>();
+        let (flush_db, flush_dir, flag) = (db.clone(), dir.clone(), checkpointing.clone());
+        std::thread::Builder::new()
+            .name("portbot-store-checkpoint".into())
+            .spawn(move || {
+                // Ends when the writer thread does.
+                for below in due {
+                    if let Err(error) = checkpoint(&flush_db, &flush_dir, below) {
+                        tracing::error!(%error, "checkpoint failed; the log is kept until one succeeds");
+                    }
+                    flag.store(false, Ordering::Release);
+                }
+            })
+            .map_err(io_error)?;
         let mut writer = Writer {
             db: db.clone(),
             file: open_segment(&dir, segment).map_err(io_error)?,
@@ -179,6 +202,8 @@ impl Wal {
             segment,
             checkpoint_every,
             last_checkpoint: Instant::now(),
+            checkpointing,
+            checkpoints,
         };
         let (submit, submitted) = mpsc::channel::<Submitted>();
         std::thread::Builder::new()
@@ -255,32 +280,41 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts a new segment, makes sled durable, then drops the segments sled now covers.
+    /// Starts a new segment and hands the older ones to the checkpoint thread.
     fn checkpoint_if_due(&mut self) {
-        if self.last_checkpoint.elapsed() < self.checkpoint_every {
+        if self.last_checkpoint.elapsed() < self.checkpoint_every
+            || self.checkpointing.load(Ordering::Acquire)
+        {
             return;
         }
         self.last_checkpoint = Instant::now();
-        let result = (|| -> StoreResult<()> {
-            if self.file.metadata().map_err(io_error)?.len() == 0 {
-                return Ok(());
+        if self.file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+            return;
+        }
+        let next = self.segment + 1;
+        match open_segment(&self.dir, next) {
+            Ok(file) => {
+                self.file = file;
+                self.segment = next;
+                self.checkpointing.store(true, Ordering::Release);
+                // The checkpoint thread only stops after this thread; the send cannot fail.
+                let _ = self.checkpoints.send(next);
             }
-            let next = self.segment + 1;
-            self.file = open_segment(&self.dir, next).map_err(io_error)?;
-            self.segment = next;
-            // Every record in the older segments has been applied to sled by this thread.
-            self.db.flush()?;
-            for segment in segments(&self.dir).map_err(io_error)? {
-                if segment < next {
-                    std::fs::remove_file(segment_path(&self.dir, segment)).map_err(io_error)?;
-                }
-            }
-            Ok(())
-        })();
-        if let Err(error) = result {
-            tracing::error!(%error, "checkpoint failed; the log keeps growing until one succeeds");
+            Err(error) => tracing::error!(%error, "cannot start a new log segment; will retry"),
         }
     }
+}
+
+/// Makes sled durable, then deletes the segments below `below`: every group in them was applied
+/// to sled before the writer switched to segment `below`.
+fn checkpoint(db: &sled::Db, dir: &Path, below: u64) -> StoreResult<()> {
+    db.flush()?;
+    for segment in segments(dir).map_err(io_error)? {
+        if segment < below {
+            std::fs::remove_file(segment_path(dir, segment)).map_err(io_error)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
