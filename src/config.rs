@@ -101,6 +101,8 @@ pub struct TeamSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BackendSettings {
+    /// Runs whose backends are invoked at once; the rest wait in the outbox.
+    pub max_concurrent: usize,
     pub webhook: WebhookSettings,
 }
 

@@ -64,6 +64,7 @@ impl Application {
             BackendConfig {
                 webhook: settings.backends.webhook.clone(),
                 clients: settings.api.clients.clone(),
+                max_concurrent: settings.backends.max_concurrent.max(1),
             },
         );
         let router = api::router(ApiState {

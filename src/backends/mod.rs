@@ -12,8 +12,8 @@
 mod command;
 mod webhook;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -45,6 +45,17 @@ pub fn consumer() -> Consumer {
 pub struct BackendConfig {
     pub webhook: WebhookSettings,
     pub clients: Vec<ApiClient>,
+    /// Runs handled at once; more wait their turn (in memory as ids, durably as outbox marks).
+    pub max_concurrent: usize,
+}
+
+/// Which runs are being handled and which wait.
+#[derive(Default)]
+struct Work {
+    /// Runs being handled, with a signal that stops their command when the run ends.
+    in_flight: HashMap<RunId, Arc<Notify>>,
+    waiting: VecDeque<RunId>,
+    queued: HashSet<RunId>,
 }
 
 #[derive(Clone)]
@@ -52,8 +63,7 @@ struct Dispatcher {
     app: App,
     config: Arc<BackendConfig>,
     http: reqwest::Client,
-    /// Runs being handled, with a signal that stops their command when the run ends.
-    in_flight: Arc<Mutex<HashMap<RunId, Arc<Notify>>>>,
+    work: Arc<Mutex<Work>>,
 }
 
 /// Starts the dispatcher; it runs until the process stops.
@@ -66,7 +76,7 @@ pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
         app,
         config: Arc::new(config),
         http,
-        in_flight: Arc::default(),
+        work: Arc::default(),
     };
     tokio::spawn(async move { dispatcher.run().await })
 }
@@ -88,10 +98,15 @@ impl Dispatcher {
         }
     }
 
-    /// Starts handling a due run, or, if it is being handled, passes an end on to it.
+    fn work(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().expect("dispatcher lock poisoned")
+    }
+
+    /// Starts handling a due run, queues it when enough runs are being handled, or, if it is
+    /// being handled, passes an end on to it.
     fn take(&self, run: RunId) {
-        let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
-        if let Some(stop) = in_flight.get(&run) {
+        let mut work = self.work();
+        if let Some(stop) = work.in_flight.get(&run) {
             let ended = self
                 .app
                 .outbox_pending(CONSUMER, &run)
@@ -104,32 +119,49 @@ impl Dispatcher {
             if ended {
                 stop.notify_one();
             }
-            return;
+        } else if work.in_flight.len() < self.config.max_concurrent {
+            self.start(&mut work, run);
+        } else if work.queued.insert(run.clone()) {
+            work.waiting.push_back(run);
         }
+    }
+
+    fn start(&self, work: &mut Work, run: RunId) {
         let stop = Arc::new(Notify::new());
-        in_flight.insert(run.clone(), stop.clone());
+        work.in_flight.insert(run.clone(), stop.clone());
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(error) = this.handle(&run, &stop).await {
                 tracing::error!(run = %run, %error, "backend dispatch failed; will retry");
-                this.in_flight
-                    .lock()
-                    .expect("in-flight lock poisoned")
-                    .remove(&run);
+                this.finish(&mut this.work(), &run);
             }
         });
     }
 
+    /// A run is done with for now: the next waiting run takes its place.
+    fn finish(&self, work: &mut Work, run: &RunId) {
+        work.in_flight.remove(run);
+        while work.in_flight.len() < self.config.max_concurrent {
+            let Some(next) = work.waiting.pop_front() else {
+                break;
+            };
+            work.queued.remove(&next);
+            if !work.in_flight.contains_key(&next) {
+                self.start(work, next);
+            }
+        }
+    }
+
     /// Delivers the run's pending events until none is left. The last check happens under the
-    /// in-flight lock, so an event that arrives meanwhile is either seen here or starts a new
+    /// dispatcher's lock, so an event that arrives meanwhile is either seen here or starts a new
     /// handler in [`Dispatcher::take`].
     async fn handle(&self, id: &RunId, stop: &Notify) -> Result<(), AppError> {
         loop {
             let pending = {
-                let mut in_flight = self.in_flight.lock().expect("in-flight lock poisoned");
+                let mut work = self.work();
                 let pending = self.app.outbox_pending(CONSUMER, id)?;
                 if pending.is_empty() {
-                    in_flight.remove(id);
+                    self.finish(&mut work, id);
                     return Ok(());
                 }
                 pending
