@@ -5,8 +5,9 @@
 //!
 //! 1. It takes every change waiting at that moment (group commit), writes them to the log as
 //!    one record and calls `fdatasync` once.
-//! 2. Only then does it apply them to sled, key by key (sled's own syncs are not needed), and
-//!    tells the writers: their change is durable and visible.
+//! 2. Only then are they applied to sled, key by key (sled's own syncs are not needed), by the
+//!    applier thread, in log order, while the writer already logs the next group; then the
+//!    writers are told: their change is durable and visible.
 //! 3. Every checkpoint interval, between groups, it starts a new log segment and hands the older
 //!    ones to the checkpoint thread, which flushes sled (which holds everything in them) and
 //!    deletes them. Writing goes on meanwhile.
@@ -141,9 +142,17 @@ fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Flush(e.to_string())
 }
 
+/// What the writer hands to the applier thread, in log order.
+enum Logged {
+    /// A durable group: apply it, then reply.
+    Group(Vec<Op>, Vec<Reply>),
+    /// The writer moved on to segment `below`: once every group before this is applied, the
+    /// older segments can go at the next flush.
+    Checkpoint(u64),
+}
+
 /// The writer thread's state.
 struct Writer {
-    db: sled::Db,
     dir: PathBuf,
     file: File,
     segment: u64,
@@ -151,8 +160,7 @@ struct Writer {
     last_checkpoint: Instant,
     /// Set while the checkpoint thread flushes; no new checkpoint starts until it is done.
     checkpointing: Arc<AtomicBool>,
-    /// To the checkpoint thread: segments below this one may go once sled is flushed.
-    checkpoints: mpsc::Sender<u64>,
+    applier: mpsc::Sender<Logged>,
 }
 
 impl Wal {
@@ -195,15 +203,20 @@ impl Wal {
                 }
             })
             .map_err(io_error)?;
+        let (applier, logged) = mpsc::channel::<Logged>();
+        let applier_db = db.clone();
+        std::thread::Builder::new()
+            .name("portbot-store-applier".into())
+            .spawn(move || apply_loop(&applier_db, &logged, &checkpoints))
+            .map_err(io_error)?;
         let mut writer = Writer {
-            db: db.clone(),
             file: open_segment(&dir, segment).map_err(io_error)?,
             dir,
             segment,
             checkpoint_every,
             last_checkpoint: Instant::now(),
             checkpointing,
-            checkpoints,
+            applier,
         };
         let (submit, submitted) = mpsc::channel::<Submitted>();
         std::thread::Builder::new()
@@ -238,7 +251,8 @@ fn stopped() -> StoreError {
 }
 
 impl Writer {
-    /// Until the store is dropped: group, log, sync, apply, answer; checkpoint between groups.
+    /// Until the store is dropped: group, log, sync, hand to the applier; checkpoint between
+    /// groups.
     fn run(&mut self, submitted: &mpsc::Receiver<Submitted>) {
         loop {
             let first = match submitted.recv_timeout(self.checkpoint_every) {
@@ -255,29 +269,23 @@ impl Writer {
                 .iter_mut()
                 .flat_map(|(ops, _)| std::mem::take(ops))
                 .collect();
-            let result = self.commit(&ops).map_err(|e| e.to_string());
-            for (_, reply) in group {
-                // A writer whose request was dropped no longer listens.
-                match reply {
-                    Reply::Async(tx) => {
-                        let _ = tx.send(result.clone());
-                    }
-                    Reply::Blocking(tx) => {
-                        let _ = tx.send(result.clone());
-                    }
+            let replies: Vec<Reply> = group.into_iter().map(|(_, reply)| reply).collect();
+            match self.log(&ops) {
+                Ok(()) => {
+                    // The applier only stops after this thread.
+                    let _ = self.applier.send(Logged::Group(ops, replies));
                 }
+                Err(error) => answer(replies, &Err(error.to_string())),
             }
             self.checkpoint_if_due();
         }
     }
 
-    fn commit(&mut self, ops: &[Op]) -> StoreResult<()> {
+    fn log(&mut self, ops: &[Op]) -> StoreResult<()> {
         let mut record = Vec::new();
         encode(ops, &mut record);
         self.file.write_all(&record).map_err(io_error)?;
-        self.file.sync_data().map_err(io_error)?;
-        apply(&self.db, ops)?;
-        Ok(())
+        self.file.sync_data().map_err(io_error)
     }
 
     /// Starts a new segment and hands the older ones to the checkpoint thread.
@@ -297,10 +305,40 @@ impl Writer {
                 self.file = file;
                 self.segment = next;
                 self.checkpointing.store(true, Ordering::Release);
-                // The checkpoint thread only stops after this thread; the send cannot fail.
-                let _ = self.checkpoints.send(next);
+                let _ = self.applier.send(Logged::Checkpoint(next));
             }
             Err(error) => tracing::error!(%error, "cannot start a new log segment; will retry"),
+        }
+    }
+}
+
+/// Tells the writers whether their change made it.
+fn answer(replies: Vec<Reply>, result: &Result<(), String>) {
+    for reply in replies {
+        // A writer whose request was dropped no longer listens.
+        match reply {
+            Reply::Async(tx) => {
+                let _ = tx.send(result.clone());
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+}
+
+/// Applies logged groups to sled in log order, and passes checkpoints on once everything
+/// before them is applied.
+fn apply_loop(db: &sled::Db, logged: &mpsc::Receiver<Logged>, checkpoints: &mpsc::Sender<u64>) {
+    for item in logged {
+        match item {
+            Logged::Group(ops, replies) => {
+                answer(replies, &apply(db, &ops).map_err(|e| e.to_string()));
+            }
+            Logged::Checkpoint(below) => {
+                // The checkpoint thread only stops after this one.
+                let _ = checkpoints.send(below);
+            }
         }
     }
 }
