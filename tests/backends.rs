@@ -220,3 +220,40 @@ async fn commands_get_context_and_their_output_and_exit_code_count() {
         "the command did not finish within 1 s and was killed"
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_run_kills_its_command() {
+    let marker = tempfile::tempdir().unwrap();
+    let touched = marker.path().join("finished");
+    let script = format!("echo started; sleep 2; touch {}", touched.display());
+    let slow = action(
+        "slow-cancel",
+        "DAY-2",
+        json!({"type": "COMMAND", "command": ["sh", "-c", script]}),
+        false,
+    );
+    let app = TestApp::spawn(&[slow]).await;
+    let run = app
+        .run_id(DEV, "slow-cancel", Some("mailer"), json!({}))
+        .await;
+    for _ in 0..50 {
+        if app.log_lines(&run).await.contains(&"started".to_owned()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = app
+        .backend(
+            "PATCH",
+            &format!("/v1/actions/runs/{run}"),
+            Some(json!({"status": "CANCELLED"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        !touched.exists(),
+        "the command was killed before it finished"
+    );
+    assert_eq!(app.run(&run).await["status"], "CANCELLED");
+}

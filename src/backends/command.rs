@@ -3,15 +3,15 @@
 //! The run's context goes to the program as JSON on stdin and as `PORT_*` environment variables
 //! (`PORT_RUN_ID`, `PORT_ACTION`, `PORT_ENTITY`, `PORT_USER`, `PORT_INPUT_<NAME>`). Its stdout
 //! and stderr lines become run log lines, batched when they come quickly. Exit code 0 ends the
-//! run SUCCESS, anything else FAILURE. On timeout, or when the run ends meanwhile, the program's
-//! whole process group is killed. portbot's own `PORTBOT*` variables (secrets) are not passed on.
+//! run SUCCESS, anything else FAILURE. On timeout, or when the run ends meanwhile (checked twice
+//! a second), the program's whole process group is killed. portbot's own `PORTBOT*` variables (secrets) are not passed on.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use super::{Dispatcher, Outcome};
 use crate::core::action::CommandInvocation;
@@ -24,6 +24,8 @@ const MAX_LINE_CHARS: usize = 4000;
 /// Lines that arrive within this window are recorded in one change.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 200;
+/// How often a running command checks whether its run ended by other means.
+const ENDED_CHECK: Duration = Duration::from_millis(500);
 
 enum Ending {
     Exited(std::process::ExitStatus),
@@ -31,12 +33,7 @@ enum Ending {
     Stopped,
 }
 
-pub(super) async fn run(
-    dispatcher: &Dispatcher,
-    run: &Run,
-    cmd: &CommandInvocation,
-    stop: &Notify,
-) -> Outcome {
+pub(super) async fn run(dispatcher: &Dispatcher, run: &Run, cmd: &CommandInvocation) -> Outcome {
     let entity = run.entity.as_ref().and_then(|e| {
         dispatcher
             .app
@@ -155,7 +152,7 @@ pub(super) async fn run(
             }
         },
         _ = tokio::time::sleep(cmd.timeout) => Ending::TimedOut,
-        _ = stop.notified() => Ending::Stopped,
+        _ = run_ended(dispatcher, run) => Ending::Stopped,
     };
     if !matches!(ending, Ending::Exited(_)) {
         kill_group(pid);
@@ -205,6 +202,21 @@ pub(super) async fn run(
                 .await
         }
         Ending::Stopped => Ok(None),
+    }
+}
+
+/// Resolves once the run has ended by other means (cancelled, or ended by a backend).
+async fn run_ended(dispatcher: &Dispatcher, run: &Run) {
+    let mut tick = tokio::time::interval(ENDED_CHECK);
+    loop {
+        tick.tick().await;
+        if dispatcher
+            .app
+            .run(&run.id)
+            .is_ok_and(|r| r.status.is_ended())
+        {
+            return;
+        }
     }
 }
 

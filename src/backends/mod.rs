@@ -2,8 +2,9 @@
 //!
 //! The dispatcher is an outbox consumer. When a run's `Started` event is due it records the
 //! attempt durably, invokes the action's backend off the request path, and reports the outcome
-//! through the same [`App`] commands the runs API uses. A run that ends while its command is
-//! still running gets the command killed.
+//! through the same [`App`] commands the runs API uses. At most `max_concurrent` runs are
+//! handled at once; the others wait their turn. A run that ends while its command is still
+//! running (cancelled, or ended by a backend through the API) gets the command killed.
 //!
 //! After a restart, a due `Started` event is invoked again (a webhook is sent again), except for
 //! `COMMAND`: a command that may already have run partly is not started twice; its run fails
@@ -12,11 +13,9 @@
 mod command;
 mod webhook;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
 
 use crate::app::{App, AppError, Consumer};
 use crate::config::{ApiClient, WebhookSettings};
@@ -33,11 +32,10 @@ type Outcome = Result<Option<String>, AppError>;
 /// The outbox consumer name of the dispatcher.
 pub const CONSUMER: &str = "backend";
 
-/// The dispatcher's outbox registration: it wants starts and ends.
+/// The dispatcher's outbox registration: it wants starts. (A running command notices on its
+/// own when its run ends.)
 pub fn consumer() -> Consumer {
-    Consumer::new(CONSUMER, |kind| {
-        matches!(kind, EventKind::Started | EventKind::Ended { .. })
-    })
+    Consumer::new(CONSUMER, |kind| matches!(kind, EventKind::Started))
 }
 
 /// What the backends need besides the app.
@@ -52,8 +50,8 @@ pub struct BackendConfig {
 /// Which runs are being handled and which wait.
 #[derive(Default)]
 struct Work {
-    /// Runs being handled, with a signal that stops their command when the run ends.
-    in_flight: HashMap<RunId, Arc<Notify>>,
+    /// Runs being handled.
+    in_flight: HashSet<RunId>,
     waiting: VecDeque<RunId>,
     queued: HashSet<RunId>,
 }
@@ -102,24 +100,14 @@ impl Dispatcher {
         self.work.lock().expect("dispatcher lock poisoned")
     }
 
-    /// Starts handling a due run, queues it when enough runs are being handled, or, if it is
-    /// being handled, passes an end on to it.
+    /// Starts handling a due run, or queues it when enough runs are being handled. A run
+    /// being handled already sees its new events in [`Dispatcher::handle`].
     fn take(&self, run: RunId) {
         let mut work = self.work();
-        if let Some(stop) = work.in_flight.get(&run) {
-            let ended = self
-                .app
-                .outbox_pending(CONSUMER, &run)
-                .map(|events| {
-                    events
-                        .iter()
-                        .any(|e| matches!(e.kind, EventKind::Ended { .. }))
-                })
-                .unwrap_or(false);
-            if ended {
-                stop.notify_one();
-            }
-        } else if work.in_flight.len() < self.config.max_concurrent {
+        if work.in_flight.contains(&run) {
+            return;
+        }
+        if work.in_flight.len() < self.config.max_concurrent {
             self.start(&mut work, run);
         } else if work.queued.insert(run.clone()) {
             work.waiting.push_back(run);
@@ -127,11 +115,10 @@ impl Dispatcher {
     }
 
     fn start(&self, work: &mut Work, run: RunId) {
-        let stop = Arc::new(Notify::new());
-        work.in_flight.insert(run.clone(), stop.clone());
+        work.in_flight.insert(run.clone());
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = this.handle(&run, &stop).await {
+            if let Err(error) = this.handle(&run).await {
                 tracing::error!(run = %run, %error, "backend dispatch failed; will retry");
                 this.finish(&mut this.work(), &run);
             }
@@ -146,7 +133,7 @@ impl Dispatcher {
                 break;
             };
             work.queued.remove(&next);
-            if !work.in_flight.contains_key(&next) {
+            if !work.in_flight.contains(&next) {
                 self.start(work, next);
             }
         }
@@ -155,7 +142,7 @@ impl Dispatcher {
     /// Delivers the run's pending events until none is left. The last check happens under the
     /// dispatcher's lock, so an event that arrives meanwhile is either seen here or starts a new
     /// handler in [`Dispatcher::take`].
-    async fn handle(&self, id: &RunId, stop: &Notify) -> Result<(), AppError> {
+    async fn handle(&self, id: &RunId) -> Result<(), AppError> {
         loop {
             let pending = {
                 let mut work = self.work();
@@ -166,22 +153,18 @@ impl Dispatcher {
                 }
                 pending
             };
-            for event in pending {
-                let mut note = None;
-                if event.kind == EventKind::Started {
-                    let run = self.app.run(id)?;
-                    if !run.status.is_ended() {
-                        note = self.invoke(run, stop).await?;
-                    }
-                }
-                self.app
-                    .outbox_delivered(CONSUMER, id, event.seq, note)
-                    .await?;
-            }
+            // Only `Started` is wanted, and a run starts once.
+            let run = self.app.run(id)?;
+            let note = match run.status.is_ended() {
+                true => None,
+                false => self.invoke(run).await?,
+            };
+            let last = pending.last().expect("not empty").seq;
+            self.app.outbox_delivered(CONSUMER, id, last, note).await?;
         }
     }
 
-    async fn invoke(&self, run: Run, stop: &Notify) -> Outcome {
+    async fn invoke(&self, run: Run) -> Outcome {
         let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
             return self
                 .end(
@@ -199,7 +182,7 @@ impl Dispatcher {
             Invocation::Webhook(hook) => webhook::invoke(self, &run, action, hook).await,
             // A command is never started twice: the attempt is recorded before it starts.
             Invocation::Command(cmd) => match self.app.begin_invocation(&run.id).await? {
-                0 => command::run(self, &run, cmd, stop).await,
+                0 => command::run(self, &run, cmd).await,
                 _ => {
                     self.end(
                         &run.id,
