@@ -52,6 +52,8 @@ pub struct BackendConfig {
 struct Work {
     /// Runs being handled.
     in_flight: HashSet<RunId>,
+    /// Runs that became due again while being handled: their handler looks once more.
+    recheck: HashSet<RunId>,
     waiting: VecDeque<RunId>,
     queued: HashSet<RunId>,
 }
@@ -105,6 +107,7 @@ impl Dispatcher {
     fn take(&self, run: RunId) {
         let mut work = self.work();
         if work.in_flight.contains(&run) {
+            work.recheck.insert(run);
             return;
         }
         if work.in_flight.len() < self.config.max_concurrent {
@@ -128,6 +131,7 @@ impl Dispatcher {
     /// A run is done with for now: the next waiting run takes its place.
     fn finish(&self, work: &mut Work, run: &RunId) {
         work.in_flight.remove(run);
+        work.recheck.remove(run);
         while work.in_flight.len() < self.config.max_concurrent {
             let Some(next) = work.waiting.pop_front() else {
                 break;
@@ -139,28 +143,25 @@ impl Dispatcher {
         }
     }
 
-    /// Delivers the run's pending events until none is left. The last check happens under the
-    /// dispatcher's lock, so an event that arrives meanwhile is either seen here or starts a new
-    /// handler in [`Dispatcher::take`].
+    /// Delivers the run's pending events until none is left. A run that became due again
+    /// meanwhile was flagged by [`Dispatcher::take`], and is looked at once more.
     async fn handle(&self, id: &RunId) -> Result<(), AppError> {
         loop {
-            let pending = {
-                let mut work = self.work();
-                let pending = self.app.outbox_pending(CONSUMER, id)?;
-                if pending.is_empty() {
-                    self.finish(&mut work, id);
-                    return Ok(());
-                }
-                pending
-            };
-            // Only `Started` is wanted, and a run starts once.
-            let run = self.app.run(id)?;
-            let note = match run.status.is_ended() {
-                true => None,
-                false => self.invoke(run).await?,
-            };
-            let last = pending.last().expect("not empty").seq;
-            self.app.outbox_delivered(CONSUMER, id, last, note).await?;
+            let pending = self.app.outbox_pending(CONSUMER, id)?;
+            if let Some(last) = pending.last().map(|e| e.seq) {
+                // Only `Started` is wanted, and a run starts once.
+                let run = self.app.run(id)?;
+                let note = match run.status.is_ended() {
+                    true => None,
+                    false => self.invoke(run).await?,
+                };
+                self.app.outbox_delivered(CONSUMER, id, last, note).await?;
+            }
+            let mut work = self.work();
+            if !work.recheck.remove(id) {
+                self.finish(&mut work, id);
+                return Ok(());
+            }
         }
     }
 

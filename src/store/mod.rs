@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
-use crate::core::run::{Run, RunEvent};
+use crate::core::run::{EventKind, Run, RunEvent};
 use wal::Wal;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,16 +107,17 @@ impl Change {
 
     pub fn put_run(&mut self, run: &Run) {
         self.insert(run_key(&run.id), json(run));
-        let active = format!("active/{}", run.id).into_bytes();
-        if run.status.is_ended() {
-            self.remove(active);
-        } else {
-            self.insert(active, Vec::new());
-        }
     }
 
+    /// Stores an event; a run's creation and end also update the index of active runs.
     pub fn put_event(&mut self, event: &RunEvent) {
         self.insert(event_key(&event.run_id, event.seq), json(event));
+        let active = || format!("active/{}", event.run_id).into_bytes();
+        match event.kind {
+            EventKind::Created => self.insert(active(), Vec::new()),
+            EventKind::Ended { .. } => self.remove(active()),
+            _ => {}
+        }
     }
 
     /// Marks the run as having events for `consumer` to deliver.
