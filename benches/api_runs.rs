@@ -7,6 +7,7 @@
 //! 1. create+complete: each client loops `POST /v1/actions/bench-noop/runs` then
 //!    `PATCH /v1/actions/runs/{id}` with `SUCCESS`;
 //! 2. create only;
+//! 2b. create only, of a twin action whose runs wait for approval: creating invokes no backend;
 //! 3. memory: a fresh store is filled to 100k runs, then the server's peak and current RSS are
 //!    read, and read again after a restart on the same store.
 //!
@@ -30,6 +31,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 const ACTION: &str = "bench-noop";
+/// The same action, but its runs wait for approval: creating one invokes no backend.
+const GATED_ACTION: &str = "bench-gated";
 const CLIENT_ID: &str = "portbot-cli";
 const CLIENT_SECRET: &str = "portbot-demo-secret-change-me";
 const CREATE_BODY: &[u8] = br#"{"properties":{"n":1}}"#;
@@ -202,6 +205,15 @@ fn write_catalog(root: &Path, hook_url: &str) -> PathBuf {
     std::fs::write(
         catalog.join("actions/bench.json"),
         serde_json::to_vec_pretty(&action).unwrap(),
+    )
+    .unwrap();
+    let mut gated = action;
+    gated["identifier"] = json!(GATED_ACTION);
+    gated["requiredApproval"] = json!(true);
+    gated["permissions"] = json!({"approve": {"teams": ["devops"]}});
+    std::fs::write(
+        catalog.join("actions/bench-gated.json"),
+        serde_json::to_vec_pretty(&gated).unwrap(),
     )
     .unwrap();
     catalog
@@ -412,6 +424,14 @@ impl Api {
             create_url: server.url(&format!("/v1/actions/{ACTION}/runs")),
             runs_url: server.url("/v1/actions/runs"),
             auth: format!("Bearer {token}"),
+        }
+    }
+
+    /// The same client, creating runs of another action.
+    fn for_action(&self, server: &Server, action: &str) -> Api {
+        Api {
+            create_url: server.url(&format!("/v1/actions/{action}/runs")),
+            ..self.clone()
         }
     }
 
@@ -937,6 +957,20 @@ async fn run(knobs: Knobs) -> String {
     eprintln!("phase create only ...");
     phases.push(throughput_phase("create only", &api, &server, &hooks, &knobs, false).await);
     server.check_alive("during create only");
+    let gated = api.for_action(&server, GATED_ACTION);
+    eprintln!("phase create only, waiting for approval ...");
+    phases.push(
+        throughput_phase(
+            "create only, waiting for approval (no backend call)",
+            &gated,
+            &server,
+            &hooks,
+            &knobs,
+            false,
+        )
+        .await,
+    );
+    server.check_alive("during create only, waiting for approval");
     server.stop().await;
 
     // The memory phase gets a store of its own, so it holds exactly `BENCH_RUNS` runs.
