@@ -1,14 +1,14 @@
 //! Creating and completing runs through the HTTP API, each run durable before the API answers.
 //!
-//! Starts the real `portbot serve` binary on a temporary store and catalog, with one action
+//! Starts the real `portbot serve` binary on a temporary store and catalog, with an action
 //! (`bench-noop`) whose WEBHOOK backend is a tiny receiver inside this process, then drives it
 //! with 64 concurrent keep-alive clients:
 //!
 //! 1. create+complete: each client loops `POST /v1/actions/bench-noop/runs` then
 //!    `PATCH /v1/actions/runs/{id}` with `SUCCESS`;
 //! 2. create only;
-//! 2b. create only, of a twin action whose runs wait for approval: creating invokes no backend;
-//! 3. memory: a fresh store is filled to 100k runs, then the server's peak and current RSS are
+//! 3. create only, of a twin action whose runs wait for approval: creating invokes no backend;
+//! 4. memory: a fresh store is filled to 100k runs, then the server's peak and current RSS are
 //!    read, and read again after a restart on the same store.
 //!
 //! Run with `cargo bench --bench api_runs`. Environment knobs (defaults in brackets):
