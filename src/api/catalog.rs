@@ -76,9 +76,6 @@ pub struct UpsertQuery {
     #[serde(default)]
     merge: bool,
     run_id: Option<String>,
-    /// Consumed by the caller extractor.
-    #[serde(rename = "run_as")]
-    _run_as: Option<String>,
 }
 
 pub async fn upsert_entity(
