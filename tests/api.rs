@@ -536,6 +536,19 @@ async fn backends_report_and_ended_runs_are_immutable() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // An entity upserted on behalf of a run is recorded on it.
+    let (status, body) = app
+        .backend(
+            "POST",
+            &format!("/v1/blueprints/Resource/entities?upsert=true&run_id={run}"),
+            Some(json!({"identifier": "queue-1", "properties": {"type": "rabbit-queue"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        app.run(&run).await["affectedEntities"],
+        json!([{"blueprint": "Resource", "identifier": "queue-1", "operation": "UPSERT"}])
+    );
     let (status, body) = app
         .backend(
             "PATCH",
