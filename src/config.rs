@@ -35,6 +35,7 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub templates: TemplateSettings,
     pub api: ApiSettings,
+    pub slack: SlackSettings,
     #[serde(default)]
     pub teams: Vec<TeamSettings>,
     pub backends: BackendSettings,
@@ -63,6 +64,17 @@ pub struct CatalogSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct TemplateSettings {
     pub path: PathBuf,
+}
+
+/// The Slack app (CONTRACT §1). Its endpoints exist only when `enabled`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SlackSettings {
+    pub enabled: bool,
+    pub bot_token: Option<Secret>,
+    pub signing_secret: Option<Secret>,
+    pub api_url: String,
+    pub approval_channel: Option<String>,
+    pub command: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

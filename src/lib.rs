@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod definitions;
 pub mod metrics;
+pub mod slack;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use crate::backends::{self, BackendConfig};
 use crate::config::Settings;
 use crate::definitions;
 use crate::metrics::Metrics;
+use crate::slack;
 use crate::store::Store;
 
 /// The client secret shipped in `config/default.toml` for the local quick start.
@@ -67,11 +68,14 @@ impl Application {
                 max_concurrent: settings.backends.max_concurrent.max(1),
             },
         );
-        let router = api::router(ApiState {
+        let mut router = api::router(ApiState {
             app: app.clone(),
             clients: Arc::new(settings.api.clients.clone()),
             token_ttl_seconds: settings.api.token_ttl_seconds,
         });
+        if settings.slack.enabled {
+            router = router.merge(slack_router(&settings, &app)?);
+        }
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.bind))?;
@@ -99,6 +103,20 @@ impl Application {
             .with_graceful_shutdown(shutdown_signal())
             .await
     }
+}
+
+/// The Slack endpoints, when Slack is enabled; missing secrets stop the start.
+fn slack_router(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
+    let Some(signing_secret) = settings.slack.signing_secret.clone() else {
+        bail!("slack.enabled is true but slack.signing_secret is not set (PORTBOT__SLACK__SIGNING_SECRET)");
+    };
+    let messages = slack::Messages::load(&settings.templates.path)?;
+    Ok(slack::router(slack::SlackState {
+        app: app.clone(),
+        verifier: Arc::new(slack::Verifier::new(signing_secret)),
+        messages: Arc::new(messages),
+        command: settings.slack.command.clone(),
+    }))
 }
 
 fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {

@@ -26,6 +26,7 @@ use crate::core::catalog::CatalogError;
 use crate::core::run::RunError;
 
 pub use auth::issue as issue_token;
+pub use runs::run_json;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -146,6 +146,11 @@ impl App {
         self.catalog().blueprint(id).cloned()
     }
 
+    /// Teams and their members, for permission checks in adapters.
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
     pub fn run(&self, id: &RunId) -> Result<Run, AppError> {
         self.inner
             .store

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod action;
 pub mod catalog;
+pub mod chat_command;
 pub mod command_text;
 pub mod ids;
 pub mod run;

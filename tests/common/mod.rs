@@ -69,10 +69,15 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(extra_actions: &[Value]) -> TestApp {
+        TestApp::spawn_with(extra_actions, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with settings changed by `tweak` first.
+    pub async fn spawn_with(extra_actions: &[Value], tweak: impl FnOnce(&mut Settings)) -> TestApp {
         let dir = deployment(extra_actions);
-        let application = Application::build(settings_for(dir.path()))
-            .await
-            .expect("app builds");
+        let mut settings = settings_for(dir.path());
+        tweak(&mut settings);
+        let application = Application::build(settings).await.expect("app builds");
         let addr = application.local_addr();
         tokio::spawn(application.run_until_stopped());
         TestApp::connect(addr, dir).await

@@ -1,0 +1,205 @@
+//! The Slack adapter: `POST /slack/commands` (CONTRACT §3, §5).
+//!
+//! It verifies Slack's signature, turns the form into a [`ChatCommand`], asks the app, and
+//! answers within Slack's 3 seconds with a message rendered from `message-templates/slack/`.
+//! It knows Slack's shapes; the rules live in the core and the app.
+
+mod messages;
+mod signature;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::run_json;
+use crate::app::{App, AppError};
+use crate::core::action::{Action, RawInputs, RequestError};
+use crate::core::chat_command::ChatCommand;
+use crate::core::ids::{Identity, RunId};
+use crate::core::run::RunStatus;
+
+pub use messages::{MessageError, Messages};
+pub use signature::{SignatureError, Verifier};
+
+/// Slack sends small forms; anything larger is not Slack.
+const MAX_BODY: usize = 64 * 1024;
+/// Actions listed in one message (Slack allows 50 blocks).
+const MAX_LISTED: usize = 40;
+
+#[derive(Clone)]
+pub struct SlackState {
+    pub app: App,
+    pub verifier: Arc<Verifier>,
+    pub messages: Arc<Messages>,
+    /// The slash command, e.g. `/port`, for help texts.
+    pub command: String,
+}
+
+pub fn router(state: SlackState) -> Router {
+    Router::new()
+        .route("/slack/commands", post(commands))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A slash command's form fields (PROTOCOL-NOTES §1); the ones portbot does not use are left out.
+#[derive(Deserialize)]
+struct SlashCommand {
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    text: String,
+    ssl_check: Option<String>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks Slack's signature; a failure is logged (the request is then answered 401).
+fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<(), SignatureError> {
+    state
+        .verifier
+        .verify(
+            header(headers, "x-slack-request-timestamp"),
+            header(headers, "x-slack-signature"),
+            body,
+            chrono::Utc::now().timestamp(),
+        )
+        .inspect_err(|error| tracing::warn!(%error, "refused a Slack request"))
+}
+
+async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(error) = verify(&state, &headers, &body) {
+        return (StatusCode::UNAUTHORIZED, error.to_string()).into_response();
+    }
+    let Ok(form) = serde_urlencoded::from_bytes::<SlashCommand>(&body) else {
+        return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
+    };
+    if form.ssl_check.is_some() {
+        return StatusCode::OK.into_response();
+    }
+    let Ok(who) = Identity::try_from(format!("slack:{}", form.user_id)) else {
+        return (StatusCode::BAD_REQUEST, "no user_id").into_response();
+    };
+    let reply = match ChatCommand::parse(&form.text) {
+        Ok(command) => answer(&state, &who, command).await,
+        Err(error) => Reply::Error(error.to_string()),
+    };
+    reply.render(&state)
+}
+
+/// What the command answers, before rendering.
+enum Reply {
+    Message(&'static str, Value),
+    Error(String),
+}
+
+impl Reply {
+    fn render(self, state: &SlackState) -> Response {
+        let (name, data) = match self {
+            Reply::Message(name, data) => (name, data),
+            Reply::Error(message) => ("error", json!({ "message": message })),
+        };
+        match state.messages.render(name, &data) {
+            Ok(body) => Json(body).into_response(),
+            Err(error) => {
+                tracing::error!(%error, "a Slack message did not render");
+                Json(json!({"response_type": "ephemeral", "text": "portbot could not render its answer; the operators have been told in the logs."}))
+                    .into_response()
+            }
+        }
+    }
+}
+
+async fn answer(state: &SlackState, who: &Identity, command: ChatCommand) -> Reply {
+    let app = &state.app;
+    match command {
+        ChatCommand::Help => Reply::Message("help", listing(state, who, None)),
+        ChatCommand::List { entity } => {
+            let data = listing(state, who, entity.as_deref());
+            Reply::Message("list", data)
+        }
+        ChatCommand::Status { run } => match RunId::try_from(run.clone()).map(|id| app.run(&id)) {
+            Ok(Ok(run)) => Reply::Message("status", json!({ "run": run_json(&run) })),
+            _ => Reply::Error(format!("there is no run `{run}`")),
+        },
+        ChatCommand::Run {
+            action,
+            entity,
+            inputs,
+        } => {
+            let created = app
+                .request_run(
+                    who,
+                    &action,
+                    entity.as_deref(),
+                    RawInputs::Text(inputs),
+                    "SLACK",
+                )
+                .await;
+            match created {
+                Ok(run) => Reply::Message(
+                    "run_created",
+                    json!({
+                        "run": run_json(&run),
+                        "waiting": run.status == RunStatus::WaitingForApproval,
+                        "command": state.command,
+                    }),
+                ),
+                Err(AppError::Request(RequestError::Inputs(problems))) => {
+                    Reply::Error(format!("The run was not created:\n{problems}"))
+                }
+                Err(error @ (AppError::Request(_) | AppError::Run(_) | AppError::Catalog(_))) => {
+                    Reply::Error(error.to_string())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a Slack command failed");
+                    Reply::Error("portbot could not record the run; please try again.".into())
+                }
+            }
+        }
+    }
+}
+
+/// The actions `who` may run, optionally only those on `entity`'s blueprint.
+fn listing(state: &SlackState, who: &Identity, entity: Option<&str>) -> Value {
+    let app = &state.app;
+    let on_entity = |action: &Action| match entity {
+        None => true,
+        Some(id) => {
+            let catalog = app.catalog();
+            action.operation.needs_entity()
+                && catalog
+                    .entities_of(&action.blueprint)
+                    .any(|e| e.identifier.as_str() == id)
+        }
+    };
+    let allowed: Vec<Value> = app
+        .actions()
+        .filter(|a| a.permissions.may_execute(who, app.directory()) && on_entity(a))
+        .map(|a| {
+            json!({
+                "identifier": a.identifier,
+                "title": a.title,
+                "description": a.description,
+                "operation": a.operation.as_str(),
+                "blueprint": a.blueprint,
+            })
+        })
+        .collect();
+    let more = allowed.len().saturating_sub(MAX_LISTED);
+    json!({
+        "command": state.command,
+        "entity": entity,
+        "actions": allowed.into_iter().take(MAX_LISTED).collect::<Vec<_>>(),
+        "more": more,
+    })
+}

@@ -1,0 +1,218 @@
+//! Slack's slash command end to end, signed exactly as Slack signs: runs created or refused
+//! with a clear ephemeral answer, help/list/status, and forged, stale or replayed requests
+//! refused with 401 and nothing stored.
+
+mod common;
+
+use common::TestApp;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "test-signing-secret";
+
+async fn slack_app() -> TestApp {
+    TestApp::spawn_with(&[], |settings| {
+        settings.slack.enabled = true;
+        settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
+        for team in &mut settings.teams {
+            match team.identifier.as_str() {
+                "developers" => team.slack_users.push("UDEV".into()),
+                "devops" => team.slack_users.push("UOPS".into()),
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+fn signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The form Slack posts for `/port <text>` typed by `user`.
+fn form(user: &str, text: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "deprecated"),
+        ("team_id", "T1"),
+        ("team_domain", "acme"),
+        ("channel_id", "C123"),
+        ("channel_name", "dev"),
+        ("user_id", user),
+        ("user_name", "someone"),
+        ("command", "/port"),
+        ("text", text),
+        ("api_app_id", "A1"),
+        ("is_enterprise_install", "false"),
+        ("response_url", "https://hooks.slack.invalid/commands/1"),
+        ("trigger_id", "123.456.abc"),
+    ])
+    .unwrap()
+}
+
+async fn post_signed(app: &TestApp, body: &str, timestamp: i64, secret: &str) -> (u16, String) {
+    let response = app
+        .http
+        .post(format!("{}/slack/commands", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", timestamp.to_string())
+        .header("x-slack-signature", signature(secret, timestamp, body))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn command(app: &TestApp, user: &str, text: &str) -> Value {
+    let (status, body) = post_signed(
+        app,
+        &form(user, text),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn all_text(reply: &Value) -> String {
+    reply["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn run_count(app: &TestApp) -> usize {
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    body["runs"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_valid_command_creates_the_run_for_the_slack_user() {
+    let app = slack_app().await;
+    let reply = command(&app, "UDEV", "add-documentdb mailer instances=3").await;
+    assert_eq!(reply["response_type"], "ephemeral");
+    let text = all_text(&reply);
+    assert!(text.contains("WAITING_FOR_APPROVAL"), "{text}");
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = &body["runs"][0];
+    assert_eq!(run["createdBy"], "slack:UDEV");
+    assert_eq!(run["origin"], "SLACK");
+    assert_eq!(run["properties"]["instances"], 3);
+    assert!(text.contains(run["id"].as_str().unwrap()), "{text}");
+    // The approver in the devops team approves through the API as the same Slack identity.
+    let (status, body) = app
+        .decide("slack:UOPS", run["id"].as_str().unwrap(), "APPROVE")
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn refusals_name_the_input_and_the_rule_and_create_nothing() {
+    let app = slack_app().await;
+    for (user, text, expected) in [
+        (
+            "UDEV",
+            "add-documentdb mailer instances=9",
+            "`instances` must be at most 5 (got 9)",
+        ),
+        (
+            "UDEV",
+            "add-documentdb mailer instances=three",
+            "`instances` must be a number",
+        ),
+        ("UDEV", "add-documentdb mailer", "`instances` is required"),
+        (
+            "UDEV",
+            "add-documentdb mailr instances=2",
+            "did you mean: mailer",
+        ),
+        ("UDEV", "add-docdb mailer", "did you mean: add-documentdb"),
+        (
+            "UDEV",
+            "add-documentdb mailer name=\"unclosed",
+            "never closed",
+        ),
+        (
+            "UNOBODY",
+            "add-documentdb mailer instances=2",
+            "slack:UNOBODY may not run `add-documentdb`",
+        ),
+    ] {
+        let reply = command(&app, user, text).await;
+        assert_eq!(reply["response_type"], "ephemeral");
+        let shown = all_text(&reply);
+        assert!(
+            shown.contains(expected),
+            "{text}: expected `{expected}` in {shown}"
+        );
+    }
+    assert_eq!(run_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn help_list_and_status() {
+    let app = slack_app().await;
+    let help = all_text(&command(&app, "UDEV", "help").await);
+    assert!(
+        help.contains("`add-documentdb`") && help.contains("`scaffold-service`"),
+        "{help}"
+    );
+    let list = all_text(&command(&app, "UDEV", "list mailer").await);
+    assert!(
+        list.contains("`add-documentdb`") && !list.contains("`scaffold-service`"),
+        "{list}"
+    );
+    let nobody = all_text(&command(&app, "UNOBODY", "list").await);
+    assert!(
+        nobody.contains("There are no actions you may run"),
+        "{nobody}"
+    );
+
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let id = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    let status = all_text(&command(&app, "UDEV", &format!("status {id}")).await);
+    assert!(
+        status.contains("WAITING_FOR_APPROVAL") && status.contains("slack:UDEV"),
+        "{status}"
+    );
+    let missing = all_text(&command(&app, "UDEV", "status r_nope").await);
+    assert!(missing.contains("there is no run `r_nope`"), "{missing}");
+}
+
+#[tokio::test]
+async fn forged_stale_and_replayed_requests_are_refused_and_store_nothing() {
+    let app = slack_app().await;
+    let body = form("UDEV", "add-documentdb mailer instances=2");
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(post_signed(&app, &body, now, "wrong-secret").await.0, 401);
+    assert_eq!(post_signed(&app, &body, now - 301, SECRET).await.0, 401);
+    let unsigned = app
+        .http
+        .post(format!("{}/slack/commands", app.base))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(run_count(&app).await, 0);
+
+    assert_eq!(post_signed(&app, &body, now, SECRET).await.0, 200);
+    assert_eq!(
+        post_signed(&app, &body, now, SECRET).await.0,
+        401,
+        "a replay is refused"
+    );
+    assert_eq!(run_count(&app).await, 1);
+
+    // Slack's occasional SSL check is answered.
+    let (status, _) = post_signed(&app, "ssl_check=1&token=x", now, SECRET).await;
+    assert_eq!(status, 200);
+}
