@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use portbot::app::{App, Consumer};
+use portbot::app::{App, Consumer, Delivery};
 use portbot::core::action::RawInputs;
 use portbot::core::ids::{Identity, RunId};
 use portbot::core::run::EventKind;
@@ -24,11 +24,19 @@ async fn open(dir: &std::path::Path) -> App {
     App::new(
         store,
         definitions,
-        vec![Consumer::new("chat", |_| true)],
+        vec![Consumer::new("chat", |_, _| true)],
         Metrics::new(),
     )
     .await
     .expect("app builds")
+}
+
+fn up_to(seq: u64) -> Delivery {
+    Delivery {
+        seq,
+        note: None,
+        reference: None,
+    }
 }
 
 fn kinds(events: &[portbot::core::run::RunEvent]) -> Vec<String> {
@@ -53,12 +61,26 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
         let app = open(dir.path()).await;
         let inputs = || RawInputs::Text(vec![("instances".into(), "2".into())]);
         first = app
-            .request_run(&dev, "add-documentdb", Some("mailer"), inputs(), "TEST")
+            .request_run(
+                &dev,
+                "add-documentdb",
+                Some("mailer"),
+                inputs(),
+                "TEST",
+                None,
+            )
             .await
             .unwrap()
             .id;
         second = app
-            .request_run(&dev, "add-documentdb", Some("mailer"), inputs(), "TEST")
+            .request_run(
+                &dev,
+                "add-documentdb",
+                Some("mailer"),
+                inputs(),
+                "TEST",
+                None,
+            )
             .await
             .unwrap()
             .id;
@@ -70,13 +92,13 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
             vec![first.clone(), second.clone()]
         );
 
-        let pending = app.outbox_pending("chat", &first).unwrap();
+        let pending = app.outbox_pending("chat", &first).unwrap().events;
         assert_eq!(
             kinds(&pending),
             ["CREATED", "APPROVAL_REQUESTED", "log a", "log b"]
         );
         // Deliver the first two, then stop before confirming the rest.
-        app.outbox_delivered("chat", &first, pending[1].seq, None)
+        app.outbox_delivered("chat", &first, up_to(pending[1].seq))
             .await
             .unwrap();
     }
@@ -88,21 +110,25 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
         app.outbox_due("chat").unwrap(),
         vec![first.clone(), second.clone()]
     );
-    let pending = app.outbox_pending("chat", &first).unwrap();
+    let pending = app.outbox_pending("chat", &first).unwrap().events;
     assert_eq!(
         kinds(&pending),
         ["log a", "log b"],
         "resumes after the confirmed delivery"
     );
-    app.outbox_delivered("chat", &first, pending[1].seq, None)
+    app.outbox_delivered("chat", &first, up_to(pending[1].seq))
         .await
         .unwrap();
-    let pending = app.outbox_pending("chat", &second).unwrap();
-    app.outbox_delivered("chat", &second, pending.last().unwrap().seq, None)
+    let pending = app.outbox_pending("chat", &second).unwrap().events;
+    app.outbox_delivered("chat", &second, up_to(pending.last().unwrap().seq))
         .await
         .unwrap();
     assert!(app.outbox_due("chat").unwrap().is_empty());
-    assert!(app.outbox_pending("chat", &first).unwrap().is_empty());
+    assert!(app
+        .outbox_pending("chat", &first)
+        .unwrap()
+        .events
+        .is_empty());
 
     // A new event makes the run due again, with only that event pending.
     app.append_log(&first, "c".into(), None, None)
@@ -110,7 +136,7 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
         .unwrap();
     assert_eq!(app.outbox_due("chat").unwrap(), vec![first.clone()]);
     assert_eq!(
-        kinds(&app.outbox_pending("chat", &first).unwrap()),
+        kinds(&app.outbox_pending("chat", &first).unwrap().events),
         ["log c"]
     );
 }

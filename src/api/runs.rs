@@ -100,6 +100,7 @@ pub async fn create(
             body.entity.as_deref(),
             inputs,
             "API",
+            None,
         )
         .await?;
     Ok(ok(json!({ "run": run_json(&run) })))

@@ -30,7 +30,7 @@ use crate::definitions::Definitions;
 use crate::metrics::Metrics;
 use crate::store::{Change, Store, StoreError};
 use catalog_change::CatalogChange;
-pub use outbox::Consumer;
+pub use outbox::{Consumer, Delivery, Pending};
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +182,7 @@ impl App {
         entity: Option<&str>,
         inputs: RawInputs,
         origin: &str,
+        channel: Option<&str>,
     ) -> Result<Run, AppError> {
         let action = self.action(action)?;
         let checked =
@@ -197,6 +198,7 @@ impl App {
                 properties: checked.inputs,
                 created_by: who.clone(),
                 origin: origin.to_owned(),
+                channel: channel.map(str::to_owned),
             },
             now,
         );
@@ -547,7 +549,7 @@ impl App {
             change.put_event(event);
         }
         for consumer in &self.inner.consumers {
-            if events.iter().any(|e| (consumer.wants)(&e.kind)) {
+            if events.iter().any(|e| (consumer.wants)(run, &e.kind)) {
                 change.mark_due(consumer.name, &run.id);
             }
         }
@@ -572,7 +574,7 @@ impl App {
             }
         }
         for consumer in &self.inner.consumers {
-            if events.iter().any(|e| (consumer.wants)(&e.kind)) {
+            if events.iter().any(|e| (consumer.wants)(run, &e.kind)) {
                 consumer.notify(&run.id);
             }
         }

@@ -13,13 +13,15 @@ use tokio::sync::mpsc;
 
 use super::{App, AppError};
 use crate::core::ids::RunId;
-use crate::core::run::{EventKind, RunEvent};
+use serde_json::Value;
+
+use crate::core::run::{EventKind, Run, RunEvent};
 use crate::store::Change;
 
 /// A reader of run events, with the events it wants.
 pub struct Consumer {
     pub name: &'static str,
-    pub wants: fn(&EventKind) -> bool,
+    pub wants: fn(&Run, &EventKind) -> bool,
     /// Told the id of each run a durable change made due.
     due: mpsc::UnboundedSender<RunId>,
     /// Taken once, by the consumer's worker.
@@ -27,7 +29,7 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(name: &'static str, wants: fn(&EventKind) -> bool) -> Consumer {
+    pub fn new(name: &'static str, wants: fn(&Run, &EventKind) -> bool) -> Consumer {
         let (due, receiver) = mpsc::unbounded_channel();
         Consumer {
             name,
@@ -69,54 +71,79 @@ impl App {
         Ok(self.inner.store.due_runs(consumer)?)
     }
 
-    /// The run's events after the consumer's cursor that it wants, in order.
-    pub fn outbox_pending(&self, consumer: &str, run: &RunId) -> Result<Vec<RunEvent>, AppError> {
+    /// The run, and its events after the consumer's cursor that it wants, in order.
+    pub fn outbox_pending(&self, consumer: &str, run: &RunId) -> Result<Pending, AppError> {
         let wants = self.consumer(consumer).wants;
+        let current = self.run(run)?;
         let after = self.inner.store.delivered(consumer, run)?;
-        Ok(self
+        let events = self
             .inner
             .store
             .events(run, after)?
             .into_iter()
-            .filter(|e| wants(&e.kind))
-            .collect())
+            .filter(|e| wants(&current, &e.kind))
+            .collect();
+        Ok(Pending {
+            run: current,
+            events,
+            reference: self.inner.store.reference(consumer, run)?,
+        })
     }
 
-    /// Records that `consumer` delivered the run's events up to `seq`. A `note` (what the
-    /// delivery achieved, e.g. "webhook delivered") is logged on the run in the same change.
+    /// Records that `consumer` delivered the run's events up to `delivery.seq`, with what the
+    /// delivery achieved, in one change.
     pub async fn outbox_delivered(
         &self,
         consumer: &str,
         run: &RunId,
-        seq: u64,
-        note: Option<String>,
+        delivery: Delivery,
     ) -> Result<(), AppError> {
         let wants = self.consumer(consumer).wants;
         let guard = self.lock_run(run).await;
         let mut change = Change::default();
-        let mut noted = None;
-        if let Some(note) = note {
-            let mut current = self.run(run)?;
+        let mut current = self.run(run)?;
+        let mut staged = Vec::new();
+        if let Some(note) = delivery.note {
             // A run that ended meanwhile takes no more log lines; the delivery still counts.
             if let Ok(kinds) = current.log(note) {
-                let events = self.stage(&mut current, kinds, &mut change);
-                noted = Some((current, events));
+                staged = self.stage(&mut current, kinds, &mut change);
             }
         }
-        let staged = noted.iter().flat_map(|(_, events)| events);
+        if let Some(reference) = &delivery.reference {
+            change.set_reference(consumer, run, reference);
+        }
         let more = self
             .inner
             .store
-            .events(run, seq)?
+            .events(run, delivery.seq)?
             .iter()
-            .chain(staged)
-            .any(|e| wants(&e.kind));
-        change.set_delivered(consumer, run, seq, !more);
+            .chain(&staged)
+            .any(|e| wants(&current, &e.kind));
+        change.set_delivered(consumer, run, delivery.seq, !more);
         self.inner.store.commit(change).await?;
         drop(guard);
-        if let Some((current, events)) = noted {
-            self.after_commit(&current, &events);
+        if !staged.is_empty() {
+            self.after_commit(&current, &staged);
         }
         Ok(())
     }
+}
+
+/// What a consumer has to deliver for one run.
+pub struct Pending {
+    /// The run as it is now.
+    pub run: Run,
+    pub events: Vec<RunEvent>,
+    /// What the consumer recorded at its last delivery (e.g. the chat message ids).
+    pub reference: Option<Value>,
+}
+
+/// A delivery to record.
+pub struct Delivery {
+    /// The last event delivered.
+    pub seq: u64,
+    /// A log line for the run: what the delivery achieved ("webhook delivered").
+    pub note: Option<String>,
+    /// Replaces the consumer's reference for the run.
+    pub reference: Option<Value>,
 }

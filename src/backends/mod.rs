@@ -17,7 +17,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::app::{App, AppError, Consumer};
+use crate::app::{App, AppError, Consumer, Delivery, Pending};
 use crate::config::{ApiClient, WebhookSettings};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
@@ -35,7 +35,7 @@ pub const CONSUMER: &str = "backend";
 /// The dispatcher's outbox registration: it wants starts. (A running command notices on its
 /// own when its run ends.)
 pub fn consumer() -> Consumer {
-    Consumer::new(CONSUMER, |kind| matches!(kind, EventKind::Started))
+    Consumer::new(CONSUMER, |_, kind| matches!(kind, EventKind::Started))
 }
 
 /// What the backends need besides the app.
@@ -147,15 +147,19 @@ impl Dispatcher {
     /// meanwhile was flagged by [`Dispatcher::take`], and is looked at once more.
     async fn handle(&self, id: &RunId) -> Result<(), AppError> {
         loop {
-            let pending = self.app.outbox_pending(CONSUMER, id)?;
-            if let Some(last) = pending.last().map(|e| e.seq) {
+            let Pending { run, events, .. } = self.app.outbox_pending(CONSUMER, id)?;
+            if let Some(last) = events.last().map(|e| e.seq) {
                 // Only `Started` is wanted, and a run starts once.
-                let run = self.app.run(id)?;
                 let note = match run.status.is_ended() {
                     true => None,
                     false => self.invoke(run).await?,
                 };
-                self.app.outbox_delivered(CONSUMER, id, last, note).await?;
+                let delivery = Delivery {
+                    seq: last,
+                    note,
+                    reference: None,
+                };
+                self.app.outbox_delivered(CONSUMER, id, delivery).await?;
             }
             let mut work = self.work();
             if !work.recheck.remove(id) {

@@ -148,6 +148,9 @@ pub struct Run {
     pub created_by: Identity,
     /// Where the request came from: `API`, `CLI`, `SLACK`, `DISCORD`.
     pub origin: String,
+    /// The chat channel the request was typed in, where the run card goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -251,6 +254,7 @@ pub struct NewRun<'a> {
     pub properties: Map<String, Value>,
     pub created_by: Identity,
     pub origin: String,
+    pub channel: Option<String>,
 }
 
 impl Run {
@@ -288,6 +292,7 @@ impl Run {
             properties: new.properties,
             created_by: new.created_by,
             origin: new.origin,
+            channel: new.channel,
             created_at: now,
             updated_at: now,
             ended_at: None,
@@ -548,6 +553,7 @@ mod tests {
                 properties: Map::new(),
                 created_by: id(by),
                 origin: "API".into(),
+                channel: None,
             },
             Utc::now(),
         )

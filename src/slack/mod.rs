@@ -55,6 +55,8 @@ struct SlashCommand {
     #[serde(default)]
     user_id: String,
     #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
     text: String,
     ssl_check: Option<String>,
 }
@@ -90,7 +92,7 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
         return (StatusCode::BAD_REQUEST, "no user_id").into_response();
     };
     let reply = match ChatCommand::parse(&form.text) {
-        Ok(command) => answer(&state, &who, command).await,
+        Ok(command) => answer(&state, &who, &form.channel_id, command).await,
         Err(error) => Reply::Error(error.to_string()),
     };
     reply.render(&state)
@@ -119,7 +121,7 @@ impl Reply {
     }
 }
 
-async fn answer(state: &SlackState, who: &Identity, command: ChatCommand) -> Reply {
+async fn answer(state: &SlackState, who: &Identity, channel: &str, command: ChatCommand) -> Reply {
     let app = &state.app;
     match command {
         ChatCommand::Help => Reply::Message("help", listing(state, who, None)),
@@ -143,6 +145,7 @@ async fn answer(state: &SlackState, who: &Identity, command: ChatCommand) -> Rep
                     entity.as_deref(),
                     RawInputs::Text(inputs),
                     "SLACK",
+                    Some(channel).filter(|c| !c.is_empty()),
                 )
                 .await;
             match created {

@@ -15,6 +15,7 @@
 //! | `active/<run>`            | empty; the run has not ended             |
 //! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
+//! | `ref/<consumer>/<run>`    | what the consumer keeps (chat message ids) |
 //! | `inv/<run>`               | backend invocation attempts so far       |
 //! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
@@ -133,6 +134,14 @@ impl Change {
         if caught_up {
             self.remove(format!("due/{consumer}/{run}").into_bytes());
         }
+    }
+
+    /// What a consumer keeps about a run (its chat message ids, for one).
+    pub fn set_reference(&mut self, consumer: &str, run: &RunId, reference: &serde_json::Value) {
+        self.insert(
+            format!("ref/{consumer}/{run}").into_bytes(),
+            json(reference),
+        );
     }
 
     pub fn set_invocation_attempts(&mut self, run: &RunId, attempts: u32) {
@@ -274,6 +283,10 @@ impl Store {
             .get(format!("cur/{consumer}/{run}"))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
+    }
+
+    pub fn reference(&self, consumer: &str, run: &RunId) -> StoreResult<Option<serde_json::Value>> {
+        self.get(format!("ref/{consumer}/{run}").as_bytes())
     }
 
     pub fn invocation_attempts(&self, run: &RunId) -> StoreResult<u32> {
