@@ -8,6 +8,7 @@
 
 mod catalog_change;
 pub mod outbox;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU16, Ordering};

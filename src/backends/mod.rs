@@ -13,10 +13,10 @@
 mod command;
 mod webhook;
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::app::worker::{self, Deliver};
 use crate::app::{App, AppError, Consumer, Delivery, Pending};
 use crate::config::{ApiClient, WebhookSettings};
 use crate::core::action::Invocation;
@@ -47,23 +47,11 @@ pub struct BackendConfig {
     pub max_concurrent: usize,
 }
 
-/// Which runs are being handled and which wait.
-#[derive(Default)]
-struct Work {
-    /// Runs being handled.
-    in_flight: HashSet<RunId>,
-    /// Runs that became due again while being handled: their handler looks once more.
-    recheck: HashSet<RunId>,
-    waiting: VecDeque<RunId>,
-    queued: HashSet<RunId>,
-}
-
 #[derive(Clone)]
 struct Dispatcher {
     app: App,
     config: Arc<BackendConfig>,
     http: reqwest::Client,
-    work: Arc<Mutex<Work>>,
 }
 
 /// Starts the dispatcher; it runs until the process stops.
@@ -72,103 +60,38 @@ pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
         .timeout(Duration::from_secs(config.webhook.timeout_seconds))
         .build()
         .expect("the HTTP client builds");
+    let max_concurrent = config.max_concurrent;
     let dispatcher = Dispatcher {
-        app,
+        app: app.clone(),
         config: Arc::new(config),
         http,
-        work: Arc::default(),
     };
-    tokio::spawn(async move { dispatcher.run().await })
+    worker::spawn(app, CONSUMER, dispatcher, max_concurrent)
+}
+
+impl Deliver for Dispatcher {
+    /// Invokes the backend of a run that started, and records the delivery with what the
+    /// backend answered.
+    async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
+        let Pending { run, events, .. } = self.app.outbox_pending(CONSUMER, id)?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        // Only `Started` is wanted, and a run starts once.
+        let note = match run.status.is_ended() {
+            true => None,
+            false => self.invoke(run).await?,
+        };
+        let delivery = Delivery {
+            seq: last,
+            note,
+            reference: None,
+        };
+        self.app.outbox_delivered(CONSUMER, id, delivery).await
+    }
 }
 
 impl Dispatcher {
-    async fn run(self) {
-        let mut due = self.app.outbox_subscribe(CONSUMER);
-        // What was due before this start (a restart), then every 30 s: runs whose handling
-        // failed (a store error) are tried again.
-        let mut rescan = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            tokio::select! {
-                Some(run) = due.recv() => self.take(run),
-                _ = rescan.tick() => match self.app.outbox_due(CONSUMER) {
-                    Ok(runs) => runs.into_iter().for_each(|run| self.take(run)),
-                    Err(error) => tracing::error!(%error, "cannot read the backend outbox"),
-                },
-            }
-        }
-    }
-
-    fn work(&self) -> MutexGuard<'_, Work> {
-        self.work.lock().expect("dispatcher lock poisoned")
-    }
-
-    /// Starts handling a due run, or queues it when enough runs are being handled. A run
-    /// being handled already sees its new events in [`Dispatcher::handle`].
-    fn take(&self, run: RunId) {
-        let mut work = self.work();
-        if work.in_flight.contains(&run) {
-            work.recheck.insert(run);
-            return;
-        }
-        if work.in_flight.len() < self.config.max_concurrent {
-            self.start(&mut work, run);
-        } else if work.queued.insert(run.clone()) {
-            work.waiting.push_back(run);
-        }
-    }
-
-    fn start(&self, work: &mut Work, run: RunId) {
-        work.in_flight.insert(run.clone());
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(error) = this.handle(&run).await {
-                tracing::error!(run = %run, %error, "backend dispatch failed; will retry");
-                this.finish(&mut this.work(), &run);
-            }
-        });
-    }
-
-    /// A run is done with for now: the next waiting run takes its place.
-    fn finish(&self, work: &mut Work, run: &RunId) {
-        work.in_flight.remove(run);
-        work.recheck.remove(run);
-        while work.in_flight.len() < self.config.max_concurrent {
-            let Some(next) = work.waiting.pop_front() else {
-                break;
-            };
-            work.queued.remove(&next);
-            if !work.in_flight.contains(&next) {
-                self.start(work, next);
-            }
-        }
-    }
-
-    /// Delivers the run's pending events until none is left. A run that became due again
-    /// meanwhile was flagged by [`Dispatcher::take`], and is looked at once more.
-    async fn handle(&self, id: &RunId) -> Result<(), AppError> {
-        loop {
-            let Pending { run, events, .. } = self.app.outbox_pending(CONSUMER, id)?;
-            if let Some(last) = events.last().map(|e| e.seq) {
-                // Only `Started` is wanted, and a run starts once.
-                let note = match run.status.is_ended() {
-                    true => None,
-                    false => self.invoke(run).await?,
-                };
-                let delivery = Delivery {
-                    seq: last,
-                    note,
-                    reference: None,
-                };
-                self.app.outbox_delivered(CONSUMER, id, delivery).await?;
-            }
-            let mut work = self.work();
-            if !work.recheck.remove(id) {
-                self.finish(&mut work, id);
-                return Ok(());
-            }
-        }
-    }
-
     async fn invoke(&self, run: Run) -> Outcome {
         let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
             return self
