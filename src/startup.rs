@@ -8,13 +8,16 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 
 use crate::api::{self, ApiState};
-use crate::app::App;
+use crate::app::{worker, App};
 use crate::backends::{self, BackendConfig};
 use crate::config::Settings;
 use crate::definitions;
 use crate::metrics::Metrics;
 use crate::slack;
 use crate::store::Store;
+
+/// Runs whose Slack threads are written at once.
+const SLACK_CONCURRENCY: usize = 16;
 
 /// The client secret shipped in `config/default.toml` for the local quick start.
 pub const DEMO_SECRET: &str = "portbot-demo-secret-change-me";
@@ -53,13 +56,11 @@ impl Application {
                 settings.storage.path.display()
             )
         })?;
-        let app = App::new(
-            store,
-            definitions,
-            vec![backends::consumer()],
-            Metrics::new(),
-        )
-        .await?;
+        let mut consumers = vec![backends::consumer()];
+        if settings.slack.enabled {
+            consumers.push(slack::thread::consumer());
+        }
+        let app = App::new(store, definitions, consumers, Metrics::new()).await?;
         backends::spawn(
             app.clone(),
             BackendConfig {
@@ -74,7 +75,7 @@ impl Application {
             token_ttl_seconds: settings.api.token_ttl_seconds,
         });
         if settings.slack.enabled {
-            router = router.merge(slack_router(&settings, &app)?);
+            router = router.merge(start_slack(&settings, &app)?);
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -105,16 +106,34 @@ impl Application {
     }
 }
 
-/// The Slack endpoints, when Slack is enabled; missing secrets stop the start.
-fn slack_router(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
-    let Some(signing_secret) = settings.slack.signing_secret.clone() else {
-        bail!("slack.enabled is true but slack.signing_secret is not set (PORTBOT__SLACK__SIGNING_SECRET)");
+/// Slack, when enabled: the thread delivery worker and the endpoints. Missing secrets stop the
+/// start.
+fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
+    let (Some(signing_secret), Some(bot_token)) = (
+        settings.slack.signing_secret.clone(),
+        settings.slack.bot_token.clone(),
+    ) else {
+        bail!(
+            "slack.enabled is true but slack.signing_secret or slack.bot_token is not set \
+             (PORTBOT__SLACK__SIGNING_SECRET, PORTBOT__SLACK__BOT_TOKEN)"
+        );
     };
-    let messages = slack::Messages::load(&settings.templates.path)?;
+    let messages = Arc::new(slack::Messages::load(&settings.templates.path)?);
+    let threads = slack::thread::Threads {
+        app: app.clone(),
+        api: slack::SlackApi::new(&settings.slack.api_url, bot_token),
+        messages: messages.clone(),
+    };
+    worker::spawn(
+        app.clone(),
+        slack::thread::CONSUMER,
+        threads,
+        SLACK_CONCURRENCY,
+    );
     Ok(slack::router(slack::SlackState {
         app: app.clone(),
         verifier: Arc::new(slack::Verifier::new(signing_secret)),
-        messages: Arc::new(messages),
+        messages,
         command: settings.slack.command.clone(),
     }))
 }

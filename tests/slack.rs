@@ -4,17 +4,26 @@
 
 mod common;
 
-use common::TestApp;
+use common::{FakeSlack, TestApp};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 const SECRET: &str = "test-signing-secret";
 
+const BOT_TOKEN: &str = "xoxb-test-token";
+
 async fn slack_app() -> TestApp {
-    TestApp::spawn_with(&[], |settings| {
+    slack_app_with(&FakeSlack::start().await).await
+}
+
+async fn slack_app_with(fake: &FakeSlack) -> TestApp {
+    let api_url = fake.api_url();
+    TestApp::spawn_with(&[], move |settings| {
         settings.slack.enabled = true;
         settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
+        settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
+        settings.slack.api_url = api_url;
         for team in &mut settings.teams {
             match team.identifier.as_str() {
                 "developers" => team.slack_users.push("UDEV".into()),
@@ -215,4 +224,102 @@ async fn forged_stale_and_replayed_requests_are_refused_and_store_nothing() {
     // Slack's occasional SSL check is answered.
     let (status, _) = post_signed(&app, "ssl_check=1&token=x", now, SECRET).await;
     assert_eq!(status, 200);
+}
+
+/// Waits (up to 10 s) until the fake Slack got `count` calls.
+async fn calls_until(fake: &FakeSlack, count: usize) -> Vec<common::SlackCall> {
+    for _ in 0..100 {
+        if fake.calls().len() >= count {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    fake.calls()
+}
+
+#[tokio::test]
+async fn the_run_card_and_its_thread_follow_the_run() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let calls = calls_until(&fake, 1).await;
+    let card = &calls[0];
+    assert_eq!(card.method, "chat.postMessage");
+    assert_eq!(card.authorization, format!("Bearer {BOT_TOKEN}"));
+    assert_eq!(card.content_type, "application/json; charset=utf-8");
+    assert_eq!(card.body["channel"], "C123");
+    assert!(
+        card.body.get("thread_ts").is_none(),
+        "the card starts the thread"
+    );
+    let card_text = card.body["blocks"].to_string();
+    assert!(
+        card_text.contains("<@UDEV>") && card_text.contains("WAITING_FOR_APPROVAL"),
+        "{card_text}"
+    );
+    let card_ts = "1700000000.000001";
+
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+
+    // Every event after the card is a reply in its thread, in order; the card shows the end.
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        calls = fake.calls();
+        let updated_to_success = calls
+            .iter()
+            .any(|c| c.method == "chat.update" && c.body["blocks"].to_string().contains("SUCCESS"));
+        if updated_to_success {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let replies: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.body.get("thread_ts").is_some())
+        .map(|c| {
+            assert_eq!(c.body["thread_ts"], card_ts);
+            assert_eq!(c.body["channel"], "C123");
+            c.body["blocks"].to_string()
+        })
+        .collect();
+    let thread = replies.join("\n");
+    let order = [
+        "Waiting for approval",
+        "Approved by <@UOPS>",
+        "Started",
+        "instance mailer-documentdb-2: available",
+        "Catalog",
+        "<@UDEV> your run ended: *SUCCESS*",
+    ];
+    let mut at = 0;
+    for expected in order {
+        let found = thread[at..]
+            .find(expected)
+            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
+        at += found;
+    }
+    let updates: Vec<&common::SlackCall> =
+        calls.iter().filter(|c| c.method == "chat.update").collect();
+    assert!(updates
+        .iter()
+        .all(|c| c.body["ts"] == card_ts && c.body["channel"] == "C123"));
+}
+
+#[tokio::test]
+async fn runs_requested_through_the_api_get_no_slack_thread() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    app.run_id(
+        "dev@example.com",
+        "add-documentdb",
+        Some("mailer"),
+        json!({"instances": 1}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(fake.calls().is_empty());
 }

@@ -48,6 +48,9 @@ pub enum AppError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A consumer could not deliver to its platform (it is retried later).
+    #[error("delivery failed: {0}")]
+    Delivery(String),
 }
 
 /// What a backend or API client may change on a run (Port's `PATCH /runs/{id}`).

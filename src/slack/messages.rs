@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Escapes text for mrkdwn, then for the inside of a JSON string.
-fn slack_json_escape(text: &str) -> String {
+pub(crate) fn slack_json_escape(text: &str) -> String {
     let mrkdwn = text
         .replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -6,6 +6,8 @@
 
 mod messages;
 mod signature;
+pub mod thread;
+mod web_api;
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use crate::core::run::RunStatus;
 
 pub use messages::{MessageError, Messages};
 pub use signature::{SignatureError, Verifier};
+pub use web_api::{SlackApi, SlackApiError};
 
 /// Slack sends small forms; anything larger is not Slack.
 const MAX_BODY: usize = 64 * 1024;

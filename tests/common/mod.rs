@@ -322,3 +322,69 @@ pub fn action(identifier: &str, operation: &str, invocation: Value, approval: bo
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portbot"))
 }
+
+/// One Web API call a fake Slack received.
+#[derive(Clone, Debug)]
+pub struct SlackCall {
+    pub method: String,
+    pub authorization: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+/// A fake Slack Web API on loopback: records calls and answers like Slack (`ts` for posts).
+#[derive(Clone)]
+pub struct FakeSlack {
+    pub calls: Arc<Mutex<Vec<SlackCall>>>,
+    pub addr: SocketAddr,
+}
+
+impl FakeSlack {
+    pub async fn start() -> FakeSlack {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeSlack {
+            calls: Arc::default(),
+            addr: listener.local_addr().unwrap(),
+        };
+        let state = fake.clone();
+        let router = axum::Router::new().route(
+            "/api/{method}",
+            axum::routing::post(
+                move |axum::extract::Path(method): axum::extract::Path<String>,
+                      headers: HeaderMap,
+                      body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let header = |name: &str| {
+                            headers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let mut calls = state.calls.lock().unwrap();
+                        calls.push(SlackCall {
+                            method: method.clone(),
+                            authorization: header("authorization"),
+                            content_type: header("content-type"),
+                            body: body.clone(),
+                        });
+                        let ts = format!("1700000000.{:06}", calls.len());
+                        axum::Json(json!({"ok": true, "channel": body["channel"], "ts": ts}))
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        fake
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api/", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<SlackCall> {
+        self.calls.lock().unwrap().clone()
+    }
+}

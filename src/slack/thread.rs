@@ -1,0 +1,252 @@
+//! The run card and its thread: the `slack` outbox consumer.
+//!
+//! For a run requested in Slack it posts the run card in the channel, then every later event as
+//! a reply in the card's thread (log lines that come together share one message), and updates
+//! the card to the run's current status. Each message's delivery is recorded before the next is
+//! sent, so after a crash at most the message in flight is sent again. While Slack rate-limits,
+//! the delivery waits as Slack asks; while it refuses or cannot be reached, the run stays due and
+//! is retried.
+
+use serde_json::{json, Value};
+
+use super::messages::{slack_json_escape, Messages};
+use super::web_api::{SlackApi, SlackApiError};
+use crate::api::run_json;
+use crate::app::worker::Deliver;
+use crate::app::{App, AppError, Consumer, Delivery, Pending};
+use crate::core::ids::{Identity, RunId};
+use crate::core::run::{EventKind, Run, RunEvent};
+use crate::core::schema::plain_text;
+
+/// The outbox consumer name of the Slack thread delivery.
+pub const CONSUMER: &str = "slack";
+
+/// Characters of log text per message, under Slack's 3,000 per section.
+const LOG_CHARS: usize = 2_800;
+/// Input fields on a card (Slack allows 10 fields per section; one is the status).
+const CARD_INPUTS: usize = 9;
+
+/// Runs requested in a Slack channel get a card and a thread.
+pub fn consumer() -> Consumer {
+    Consumer::new(CONSUMER, |run, _| {
+        run.origin == "SLACK" && run.channel.is_some()
+    })
+}
+
+#[derive(Clone)]
+pub struct Threads {
+    pub app: App,
+    pub api: SlackApi,
+    pub messages: std::sync::Arc<Messages>,
+}
+
+impl Deliver for Threads {
+    async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
+        let Pending {
+            run,
+            events,
+            reference,
+        } = self.app.outbox_pending(CONSUMER, id)?;
+        let (Some(channel), Some(last)) = (run.channel.clone(), events.last().map(|e| e.seq))
+        else {
+            return Ok(());
+        };
+        let mut card = reference
+            .as_ref()
+            .and_then(|r| r["card_ts"].as_str())
+            .map(str::to_owned);
+        let mut rest = events.as_slice();
+        if card.is_none() {
+            // The card stands for the run's creation (its first event).
+            let mut message = self.render("run_card", &card_data(&run))?;
+            message["channel"] = json!(channel);
+            let posted = self.post("chat.postMessage", &message).await?;
+            let ts = posted["ts"].as_str().unwrap_or_default().to_owned();
+            let (first, others) = rest.split_first().expect("there are events");
+            self.record(
+                id,
+                first.seq,
+                Some(json!({"channel": channel, "card_ts": ts})),
+            )
+            .await?;
+            card = Some(ts);
+            rest = others;
+        }
+        let card = card.expect("the card exists now");
+        for group in group_for_thread(rest) {
+            let mut message = self.render("thread_reply", &reply_data(&run, group))?;
+            message["channel"] = json!(channel);
+            message["thread_ts"] = json!(card);
+            self.post("chat.postMessage", &message).await?;
+            let seq = group.last().expect("groups are not empty").seq;
+            self.record(id, seq, None).await?;
+        }
+        if !rest.is_empty() {
+            let mut message = self.render("run_card", &card_data(&run))?;
+            message["channel"] = json!(channel);
+            message["ts"] = json!(card);
+            self.post("chat.update", &message).await?;
+        }
+        debug_assert!(rest.last().is_none_or(|e| e.seq == last));
+        Ok(())
+    }
+}
+
+impl Threads {
+    fn render(&self, template: &str, data: &Value) -> Result<Value, AppError> {
+        self.messages
+            .render(template, data)
+            .map_err(|e| AppError::Delivery(e.to_string()))
+    }
+
+    /// Calls Slack, waiting out rate limits as Slack asks.
+    async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
+        loop {
+            match self.api.call(method, body).await {
+                Ok(answer) => return Ok(answer),
+                Err(SlackApiError::RateLimited(wait)) => tokio::time::sleep(wait).await,
+                Err(error) => return Err(AppError::Delivery(error.to_string())),
+            }
+        }
+    }
+
+    async fn record(&self, id: &RunId, seq: u64, reference: Option<Value>) -> Result<(), AppError> {
+        let delivery = Delivery {
+            seq,
+            note: None,
+            reference,
+        };
+        self.app.outbox_delivered(CONSUMER, id, delivery).await
+    }
+}
+
+/// A Slack mention for Slack users (`<@U123>`); anyone else by name, escaped.
+fn mention(who: &Identity) -> String {
+    match who.as_str().strip_prefix("slack:") {
+        Some(user) if !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            format!("<@{user}>")
+        }
+        _ => slack_json_escape(who.as_str()),
+    }
+}
+
+fn card_data(run: &Run) -> Value {
+    let inputs: Vec<Value> = run
+        .properties
+        .iter()
+        .take(CARD_INPUTS)
+        .map(|(name, value)| {
+            let old = run
+                .entity
+                .as_ref()
+                .and_then(|e| e.properties.get(name))
+                .filter(|old| *old != value)
+                .map(plain_text);
+            json!({"name": name, "value": plain_text(value), "old": old})
+        })
+        .collect();
+    json!({
+        "run": run_json(run),
+        "requester": mention(&run.created_by),
+        "inputs": inputs,
+        "more_inputs": run.properties.len().saturating_sub(CARD_INPUTS),
+    })
+}
+
+/// Events as thread messages: consecutive log lines share one message (split to stay within
+/// Slack's limits); every other event is a message of its own.
+fn group_for_thread(events: &[RunEvent]) -> Vec<&[RunEvent]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut chars = 0;
+    for (i, event) in events.iter().enumerate() {
+        let line = match &event.kind {
+            EventKind::Log { message } => Some(message.chars().count().min(LOG_CHARS) + 1),
+            _ => None,
+        };
+        let joins = i > start
+            && matches!(events[i - 1].kind, EventKind::Log { .. })
+            && line.is_some_and(|len| chars + len <= LOG_CHARS);
+        if i > start && !joins {
+            groups.push(&events[start..i]);
+            start = i;
+            chars = 0;
+        }
+        chars += line.unwrap_or(0);
+    }
+    if start < events.len() {
+        groups.push(&events[start..]);
+    }
+    groups
+}
+
+fn reply_data(run: &Run, group: &[RunEvent]) -> Value {
+    let first = &group[0];
+    let mut data = serde_json::to_value(first).expect("events serialise");
+    if let EventKind::Log { .. } = first.kind {
+        let lines: Vec<String> = group
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Log { message } => Some(cut(message)),
+                _ => None,
+            })
+            .collect();
+        data["text"] = json!(lines.join("\n"));
+    }
+    if let EventKind::Decided { by, .. } = &first.kind {
+        data["by"] = json!(mention(by));
+    }
+    data["run"] = run_json(run);
+    data["requester"] = json!(mention(&run.created_by));
+    data
+}
+
+/// One log line within the message limit, marked when cut.
+fn cut(line: &str) -> String {
+    if line.chars().count() <= LOG_CHARS {
+        line.to_owned()
+    } else {
+        let mut kept: String = line.chars().take(LOG_CHARS - 20).collect();
+        kept.push_str(" … [line cut]");
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn log(seq: u64, message: &str) -> RunEvent {
+        RunEvent {
+            run_id: RunId::new(1, 1, 1),
+            seq,
+            at: Utc::now(),
+            kind: EventKind::Log {
+                message: message.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn log_lines_share_messages_within_the_limit() {
+        let started = RunEvent {
+            kind: EventKind::Started,
+            ..log(1, "")
+        };
+        let long = "x".repeat(2_000);
+        let events = vec![
+            started,
+            log(2, "a"),
+            log(3, "b"),
+            log(4, &long),
+            log(5, &long),
+        ];
+        let groups: Vec<Vec<u64>> = group_for_thread(&events)
+            .iter()
+            .map(|g| g.iter().map(|e| e.seq).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![1], vec![2, 3, 4], vec![5]]);
+        assert!(cut(&"y".repeat(10_000)).ends_with("[line cut]"));
+    }
+}

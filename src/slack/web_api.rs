@@ -1,0 +1,89 @@
+//! The Slack Web API calls portbot makes (`chat.postMessage`, `chat.update`): JSON bodies with
+//! the bot token, Slack's `{ok, error}` answers and its 429 `Retry-After`, as typed errors the
+//! delivery can act on.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SlackApiError {
+    #[error("Slack is rate limiting this method; retry in {0:?}")]
+    RateLimited(Duration),
+    #[error("Slack refused `{method}`: {error}")]
+    Refused { method: String, error: String },
+    #[error("Slack could not be reached for `{method}`: {reason}")]
+    Unreachable { method: String, reason: String },
+}
+
+#[derive(Clone)]
+pub struct SlackApi {
+    http: reqwest::Client,
+    /// The API root, ending in `/` (`https://slack.com/api/`).
+    base: String,
+    token: Secret,
+}
+
+impl SlackApi {
+    pub fn new(base: &str, token: Secret) -> SlackApi {
+        let mut base = base.to_owned();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        SlackApi {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("the HTTP client builds"),
+            base,
+            token,
+        }
+    }
+
+    /// Calls a Web API method with a JSON body; the answer when Slack says `ok`.
+    pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackApiError> {
+        let unreachable = |reason: String| SlackApiError::Unreachable {
+            method: method.to_owned(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(format!("{}{method}", self.base))
+            .bearer_auth(self.token.expose())
+            .header("content-type", "application/json; charset=utf-8")
+            .body(serde_json::to_vec(body).expect("JSON values serialise"))
+            .send()
+            .await
+            .map_err(|e| unreachable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.as_u16() == 429 {
+            let seconds = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1);
+            return Err(SlackApiError::RateLimited(Duration::from_secs(seconds)));
+        }
+        if status.is_server_error() {
+            return Err(unreachable(format!("HTTP {}", status.as_u16())));
+        }
+        let answer: Value = response
+            .json()
+            .await
+            .map_err(|e| unreachable(format!("the answer is not JSON: {e}")))?;
+        if answer["ok"] == Value::Bool(true) {
+            Ok(answer)
+        } else {
+            Err(SlackApiError::Refused {
+                method: method.to_owned(),
+                error: answer["error"]
+                    .as_str()
+                    .unwrap_or("unknown_error")
+                    .to_owned(),
+            })
+        }
+    }
+}
