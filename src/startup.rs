@@ -59,6 +59,9 @@ impl Application {
         let mut consumers = vec![backends::consumer()];
         if settings.slack.enabled {
             consumers.push(slack::thread::consumer());
+            if settings.slack.approval_channel.is_some() {
+                consumers.push(slack::approvals::consumer());
+            }
         }
         let app = App::new(store, definitions, consumers, Metrics::new()).await?;
         backends::spawn(
@@ -119,10 +122,14 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         );
     };
     let messages = Arc::new(slack::Messages::load(&settings.templates.path)?);
-    let threads = slack::thread::Threads {
+    let api = slack::SlackApi::new(&settings.slack.api_url, bot_token);
+    let poster = slack::thread::Poster {
         app: app.clone(),
-        api: slack::SlackApi::new(&settings.slack.api_url, bot_token),
+        api: api.clone(),
         messages: messages.clone(),
+    };
+    let threads = slack::thread::Threads {
+        poster: poster.clone(),
     };
     worker::spawn(
         app.clone(),
@@ -130,10 +137,20 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         threads,
         SLACK_CONCURRENCY,
     );
+    if let Some(channel) = settings.slack.approval_channel.clone() {
+        let approvals = slack::approvals::Approvals { poster, channel };
+        worker::spawn(
+            app.clone(),
+            slack::approvals::CONSUMER,
+            approvals,
+            SLACK_CONCURRENCY,
+        );
+    }
     Ok(slack::router(slack::SlackState {
         app: app.clone(),
         verifier: Arc::new(slack::Verifier::new(signing_secret)),
         messages,
+        api,
         command: settings.slack.command.clone(),
     }))
 }

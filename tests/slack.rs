@@ -24,6 +24,7 @@ async fn slack_app_with(fake: &FakeSlack) -> TestApp {
         settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
         settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
         settings.slack.api_url = api_url;
+        settings.slack.approval_channel = Some("CAPPROVE".into());
         for team in &mut settings.teams {
             match team.identifier.as_str() {
                 "developers" => team.slack_users.push("UDEV".into()),
@@ -242,8 +243,12 @@ async fn the_run_card_and_its_thread_follow_the_run() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
     command(&app, "UDEV", "add-documentdb mailer instances=2").await;
-    let calls = calls_until(&fake, 1).await;
-    let card = &calls[0];
+    let calls = calls_until(&fake, 2).await;
+    let at = calls
+        .iter()
+        .position(|c| c.body["channel"] == "C123")
+        .expect("a card was posted");
+    let card = &calls[at];
     assert_eq!(card.method, "chat.postMessage");
     assert_eq!(card.authorization, format!("Bearer {BOT_TOKEN}"));
     assert_eq!(card.content_type, "application/json; charset=utf-8");
@@ -257,7 +262,7 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         card_text.contains("<@UDEV>") && card_text.contains("WAITING_FOR_APPROVAL"),
         "{card_text}"
     );
-    let card_ts = "1700000000.000001";
+    let card_ts = format!("1700000000.{:06}", at + 1);
 
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
@@ -279,7 +284,8 @@ async fn the_run_card_and_its_thread_follow_the_run() {
     }
     let replies: Vec<String> = calls
         .iter()
-        .filter(|c| c.method == "chat.postMessage" && c.body.get("thread_ts").is_some())
+        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
+        .skip(1)
         .map(|c| {
             assert_eq!(c.body["thread_ts"], card_ts);
             assert_eq!(c.body["channel"], "C123");
@@ -302,15 +308,15 @@ async fn the_run_card_and_its_thread_follow_the_run() {
             .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
         at += found;
     }
-    let updates: Vec<&common::SlackCall> =
-        calls.iter().filter(|c| c.method == "chat.update").collect();
-    assert!(updates
+    let updates: Vec<&common::SlackCall> = calls
         .iter()
-        .all(|c| c.body["ts"] == card_ts && c.body["channel"] == "C123"));
+        .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
+        .collect();
+    assert!(!updates.is_empty() && updates.iter().all(|c| c.body["ts"] == card_ts));
 }
 
 #[tokio::test]
-async fn runs_requested_through_the_api_get_no_slack_thread() {
+async fn runs_requested_through_the_api_get_an_approval_request_but_no_thread() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
     app.run_id(
@@ -320,6 +326,188 @@ async fn runs_requested_through_the_api_get_no_slack_thread() {
         json!({"instances": 1}),
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(fake.calls().is_empty());
+    let calls = calls_until(&fake, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].body["channel"], "CAPPROVE");
+    assert!(calls[0].body["blocks"]
+        .to_string()
+        .contains("dev@example.com"));
+}
+
+/// A click on an approval request's button, as Slack posts it (PROTOCOL-NOTES §4).
+fn click(user: &str, action: &str, run: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "deprecated",
+        "container": {"type": "message", "message_ts": "1700000000.000002", "channel_id": "CAPPROVE", "is_ephemeral": false},
+        "trigger_id": "123.456.def",
+        "team": {"id": "T1", "domain": "acme"},
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "channel": {"id": "CAPPROVE", "name": "approvals"},
+        "message": {"type": "message", "ts": "1700000000.000002", "text": "Approval needed", "blocks": []},
+        "response_url": "https://hooks.slack.invalid/actions/1",
+        "actions": [{
+            "action_id": action, "block_id": "approval",
+            "text": {"type": "plain_text", "text": "Approve", "emoji": true},
+            "value": run, "style": "primary", "type": "button", "action_ts": "1700000001.000000"
+        }],
+        "state": {"values": {}}
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+async fn post_interaction(app: &TestApp, body: &str) -> u16 {
+    let now = chrono::Utc::now().timestamp();
+    app.http
+        .post(format!("{}/slack/interactions", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", signature(SECRET, now, body))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn approvals_in_the_approval_channel_follow_the_rules() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+
+    let mut request = None;
+    for _ in 0..100 {
+        request = fake
+            .calls()
+            .into_iter()
+            .find(|c| c.body["channel"] == "CAPPROVE");
+        if request.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let request = request.expect("an approval request was posted");
+    let shown = request.body["blocks"].to_string();
+    assert!(
+        shown.contains("Approval needed") && shown.contains("<@UDEV>"),
+        "{shown}"
+    );
+    let buttons = request.body["blocks"].as_array().unwrap().last().unwrap()["elements"].clone();
+    assert_eq!(buttons[0]["text"]["text"], "Approve");
+    assert_eq!(buttons[1]["text"]["text"], "Decline");
+    assert_eq!(buttons[0]["value"], run);
+
+    // The requester and an outsider are refused, ephemerally, and nothing changes.
+    assert_eq!(
+        post_interaction(&app, &click("UDEV", "approve", &run)).await,
+        200
+    );
+    assert_eq!(
+        post_interaction(&app, &click("UNOBODY", "approve", &run)).await,
+        200
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refusals: Vec<common::SlackCall> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "chat.postEphemeral")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert_eq!(refusals[0].body["user"], "UDEV");
+    assert!(
+        refusals[0].body["text"]
+            .as_str()
+            .unwrap()
+            .contains("may not decide"),
+        "{:?}",
+        refusals[0]
+    );
+    assert!(
+        refusals[1].body["text"]
+            .as_str()
+            .unwrap()
+            .contains("is not an approver"),
+        "{:?}",
+        refusals[1]
+    );
+    assert_eq!(app.run(&run).await["status"], "WAITING_FOR_APPROVAL");
+
+    // A devops engineer approves; a second click is told it was decided.
+    assert_eq!(
+        post_interaction(&app, &click("UOPS", "approve", &run)).await,
+        200
+    );
+    app.wait_for(&run, "SUCCESS").await;
+    assert_eq!(
+        post_interaction(&app, &click("UOPS", "decline", &run)).await,
+        200
+    );
+    let mut update = None;
+    for _ in 0..100 {
+        let calls = fake.calls();
+        update = calls
+            .iter()
+            .find(|c| c.method == "chat.update" && c.body["channel"] == "CAPPROVE")
+            .cloned();
+        let told = calls
+            .iter()
+            .filter(|c| c.method == "chat.postEphemeral")
+            .count()
+            == 3;
+        if update.is_some() && told {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let update = update.expect("the request was updated");
+    assert_eq!(update.body["ts"], request_ts(&fake));
+    let shown = update.body["blocks"].to_string();
+    assert!(shown.contains("Approved by <@UOPS>"), "{shown}");
+    assert!(
+        !shown.contains("\"actions\""),
+        "the buttons are gone: {shown}"
+    );
+    let last = fake
+        .calls()
+        .into_iter()
+        .rfind(|c| c.method == "chat.postEphemeral")
+        .unwrap();
+    assert!(
+        last.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("already approved by slack:UOPS"),
+        "{last:?}"
+    );
+
+    // Forged clicks are refused before anything happens.
+    let now = chrono::Utc::now().timestamp();
+    let forged = app
+        .http
+        .post(format!("{}/slack/interactions", app.base))
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", signature("wrong", now, "payload=x"))
+        .body("payload=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+}
+
+/// The `ts` Slack gave the approval request.
+fn request_ts(fake: &FakeSlack) -> String {
+    let calls = fake.calls();
+    let index = calls
+        .iter()
+        .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "CAPPROVE")
+        .unwrap();
+    format!("1700000000.{:06}", index + 1)
 }

@@ -1,9 +1,12 @@
-//! The Slack adapter: `POST /slack/commands` (CONTRACT §3, §5).
+//! The Slack adapter: `POST /slack/commands` and `/slack/interactions` (CONTRACT §3–§5), the
+//! run card and its thread (`thread`), and approval requests (`approvals`).
 //!
 //! It verifies Slack's signature, turns the form into a [`ChatCommand`], asks the app, and
 //! answers within Slack's 3 seconds with a message rendered from `message-templates/slack/`.
 //! It knows Slack's shapes; the rules live in the core and the app.
 
+pub mod approvals;
+mod interactions;
 mod messages;
 mod signature;
 pub mod thread;
@@ -41,6 +44,7 @@ pub struct SlackState {
     pub app: App,
     pub verifier: Arc<Verifier>,
     pub messages: Arc<Messages>,
+    pub api: SlackApi,
     /// The slash command, e.g. `/port`, for help texts.
     pub command: String,
 }
@@ -48,6 +52,7 @@ pub struct SlackState {
 pub fn router(state: SlackState) -> Router {
     Router::new()
         .route("/slack/commands", post(commands))
+        .route("/slack/interactions", post(interactions::interactions))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -33,11 +33,17 @@ pub fn consumer() -> Consumer {
     })
 }
 
+/// What posting to Slack from the outbox needs: the app, the Web API and the templates.
 #[derive(Clone)]
-pub struct Threads {
+pub struct Poster {
     pub app: App,
     pub api: SlackApi,
     pub messages: std::sync::Arc<Messages>,
+}
+
+#[derive(Clone)]
+pub struct Threads {
+    pub poster: Poster,
 }
 
 impl Deliver for Threads {
@@ -46,9 +52,8 @@ impl Deliver for Threads {
             run,
             events,
             reference,
-        } = self.app.outbox_pending(CONSUMER, id)?;
-        let (Some(channel), Some(last)) = (run.channel.clone(), events.last().map(|e| e.seq))
-        else {
+        } = self.poster.app.outbox_pending(CONSUMER, id)?;
+        let Some(channel) = run.channel.clone().filter(|_| !events.is_empty()) else {
             return Ok(());
         };
         let mut card = reference
@@ -58,49 +63,48 @@ impl Deliver for Threads {
         let mut rest = events.as_slice();
         if card.is_none() {
             // The card stands for the run's creation (its first event).
-            let mut message = self.render("run_card", &card_data(&run))?;
+            let mut message = self.poster.render("run_card", &card_data(&run))?;
             message["channel"] = json!(channel);
-            let posted = self.post("chat.postMessage", &message).await?;
+            let posted = self.poster.post("chat.postMessage", &message).await?;
             let ts = posted["ts"].as_str().unwrap_or_default().to_owned();
             let (first, others) = rest.split_first().expect("there are events");
-            self.record(
-                id,
-                first.seq,
-                Some(json!({"channel": channel, "card_ts": ts})),
-            )
-            .await?;
+            let reference = json!({"channel": channel, "card_ts": ts});
+            self.poster
+                .record(CONSUMER, id, first.seq, Some(reference))
+                .await?;
             card = Some(ts);
             rest = others;
         }
         let card = card.expect("the card exists now");
         for group in group_for_thread(rest) {
-            let mut message = self.render("thread_reply", &reply_data(&run, group))?;
+            let mut message = self
+                .poster
+                .render("thread_reply", &reply_data(&run, group))?;
             message["channel"] = json!(channel);
             message["thread_ts"] = json!(card);
-            self.post("chat.postMessage", &message).await?;
+            self.poster.post("chat.postMessage", &message).await?;
             let seq = group.last().expect("groups are not empty").seq;
-            self.record(id, seq, None).await?;
+            self.poster.record(CONSUMER, id, seq, None).await?;
         }
         if !rest.is_empty() {
-            let mut message = self.render("run_card", &card_data(&run))?;
+            let mut message = self.poster.render("run_card", &card_data(&run))?;
             message["channel"] = json!(channel);
             message["ts"] = json!(card);
-            self.post("chat.update", &message).await?;
+            self.poster.post("chat.update", &message).await?;
         }
-        debug_assert!(rest.last().is_none_or(|e| e.seq == last));
         Ok(())
     }
 }
 
-impl Threads {
-    fn render(&self, template: &str, data: &Value) -> Result<Value, AppError> {
+impl Poster {
+    pub(super) fn render(&self, template: &str, data: &Value) -> Result<Value, AppError> {
         self.messages
             .render(template, data)
             .map_err(|e| AppError::Delivery(e.to_string()))
     }
 
     /// Calls Slack, waiting out rate limits as Slack asks.
-    async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
+    pub(super) async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
         loop {
             match self.api.call(method, body).await {
                 Ok(answer) => return Ok(answer),
@@ -110,18 +114,25 @@ impl Threads {
         }
     }
 
-    async fn record(&self, id: &RunId, seq: u64, reference: Option<Value>) -> Result<(), AppError> {
+    /// Records a consumer's delivery up to `seq`, and its new reference if any.
+    pub(super) async fn record(
+        &self,
+        consumer: &str,
+        id: &RunId,
+        seq: u64,
+        reference: Option<Value>,
+    ) -> Result<(), AppError> {
         let delivery = Delivery {
             seq,
             note: None,
             reference,
         };
-        self.app.outbox_delivered(CONSUMER, id, delivery).await
+        self.app.outbox_delivered(consumer, id, delivery).await
     }
 }
 
 /// A Slack mention for Slack users (`<@U123>`); anyone else by name, escaped.
-fn mention(who: &Identity) -> String {
+pub(super) fn mention(who: &Identity) -> String {
     match who.as_str().strip_prefix("slack:") {
         Some(user) if !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric()) => {
             format!("<@{user}>")
@@ -130,7 +141,7 @@ fn mention(who: &Identity) -> String {
     }
 }
 
-fn card_data(run: &Run) -> Value {
+pub(super) fn card_data(run: &Run) -> Value {
     let inputs: Vec<Value> = run
         .properties
         .iter()
