@@ -137,7 +137,6 @@ async fn refusals_name_the_input_and_the_rule_and_create_nothing() {
             "add-documentdb mailer instances=three",
             "`instances` must be a number",
         ),
-        ("UDEV", "add-documentdb mailer", "`instances` is required"),
         (
             "UDEV",
             "add-documentdb mailr instances=2",
@@ -510,4 +509,144 @@ fn request_ts(fake: &FakeSlack) -> String {
         .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "CAPPROVE")
         .unwrap();
     format!("1700000000.{:06}", index + 1)
+}
+
+/// A submission of the inputs form, as Slack posts it (PROTOCOL-NOTES §4).
+fn submission(user: &str, key: &str, values: Value) -> String {
+    let payload = json!({
+        "type": "view_submission",
+        "team": {"id": "T1", "domain": "acme"},
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "deprecated",
+        "trigger_id": "789.012.ghi",
+        "view": {
+            "id": "V1", "team_id": "T1", "type": "modal", "callback_id": "portbot_inputs",
+            "private_metadata": key, "blocks": [], "state": {"values": values},
+            "hash": "h", "title": {"type": "plain_text", "text": "Run an action"},
+            "root_view_id": "V1", "previous_view_id": null, "app_id": "A1", "external_id": "",
+            "bot_id": "B1", "clear_on_close": false, "notify_on_close": false
+        },
+        "response_urls": [],
+        "is_enterprise_install": false,
+        "enterprise": null
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+async fn post_interaction_reply(app: &TestApp, body: &str) -> (u16, String) {
+    let now = chrono::Utc::now().timestamp();
+    let response = app
+        .http
+        .post(format!("{}/slack/interactions", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", signature(SECRET, now, body))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn missing_inputs_open_a_form_whose_errors_show_in_place() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    let (status, body) = post_signed(
+        &app,
+        &form("UDEV", "add-documentdb mailer"),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, ""),
+        "the modal replaces an answer"
+    );
+    let open = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "views.open")
+        .expect("views.open");
+    assert_eq!(open.body["trigger_id"], "123.456.abc");
+    let view = &open.body["view"];
+    assert_eq!(view["callback_id"], "portbot_inputs");
+    let field = view["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["block_id"] == "instances")
+        .expect("an instances field");
+    assert_eq!(field["label"]["text"], "Instances");
+    assert_eq!(field["element"]["type"], "number_input");
+    assert_eq!(field["element"]["min_value"], "1");
+    assert_eq!(field["element"]["max_value"], "5");
+    assert_eq!(run_count(&app).await, 0);
+    let key = view["private_metadata"].as_str().unwrap().to_owned();
+
+    let value = |v: &str| json!({"instances": {"value": {"type": "number_input", "value": v}}});
+    let (status, body) = post_interaction_reply(&app, &submission("UDEV", &key, value("9"))).await;
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["response_action"], "errors");
+    assert_eq!(
+        reply["errors"]["instances"],
+        "instances must be at most 5 (got 9)"
+    );
+    assert_eq!(run_count(&app).await, 0);
+
+    // Someone else cannot submit this user's form.
+    let (_, body) = post_interaction_reply(&app, &submission("UOPS", &key, value("3"))).await;
+    assert!(body.contains("expired"), "{body}");
+
+    let (status, body) = post_interaction_reply(&app, &submission("UDEV", &key, value("3"))).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, ""),
+        "an empty 200 closes the form"
+    );
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
+    assert_eq!(runs["runs"][0]["createdBy"], "slack:UDEV");
+    assert_eq!(runs["runs"][0]["channel"], "C123");
+    // A form is used once.
+    let (_, body) = post_interaction_reply(&app, &submission("UDEV", &key, value("4"))).await;
+    assert!(body.contains("expired"), "{body}");
+}
+
+#[tokio::test]
+async fn a_day_2_form_is_prefilled_with_the_entitys_current_values() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    let (status, _) = app
+        .backend(
+            "POST",
+            "/v1/blueprints/Resource/entities",
+            Some(json!({"identifier": "mailer-documentdb", "properties": {"type": "documentdb", "instances": 3}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = post_signed(
+        &app,
+        &form("UDEV", "update-documentdb mailer-documentdb"),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let open = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "views.open")
+        .expect("views.open");
+    let field = open.body["view"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["block_id"] == "instances")
+        .cloned()
+        .unwrap();
+    assert_eq!(field["element"]["initial_value"], "3");
 }

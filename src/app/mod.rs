@@ -377,6 +377,17 @@ impl App {
         Ok(out)
     }
 
+    /// Saves (or, with `None`, drops) a chat form in progress, durably.
+    pub async fn save_form(&self, key: &str, form: Option<&Value>) -> Result<(), AppError> {
+        let mut change = Change::default();
+        change.set_form(key, form);
+        Ok(self.inner.store.commit(change).await?)
+    }
+
+    pub fn form(&self, key: &str) -> Result<Option<Value>, AppError> {
+        Ok(self.inner.store.form(key)?)
+    }
+
     /// Records a backend invocation attempt durably before it is made; returns the attempts
     /// made before this one (non-zero after a restart interrupted an earlier attempt).
     pub async fn begin_invocation(&self, id: &RunId) -> Result<u32, AppError> {

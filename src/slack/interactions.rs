@@ -9,10 +9,14 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
+use super::modal::{submitted_values, FormState, CALLBACK_ID};
 use super::SlackState;
+use crate::app::AppError;
+use crate::core::action::{RawInputs, RequestError};
 use crate::core::ids::{Identity, RunId};
 use crate::core::run::Decision;
 
@@ -63,9 +67,16 @@ pub(super) async fn interactions(
     }
     let payload = serde_urlencoded::from_bytes::<Form>(&body)
         .ok()
-        .and_then(|form| serde_json::from_str::<BlockActions>(&form.payload).ok());
+        .and_then(|form| serde_json::from_str::<Value>(&form.payload).ok());
     let Some(payload) = payload else {
         return (StatusCode::BAD_REQUEST, "not an interaction payload").into_response();
+    };
+    if payload["type"] == "view_submission" && payload["view"]["callback_id"] == CALLBACK_ID {
+        return submit_form(&state, &payload).await;
+    }
+    let Ok(payload) = serde_json::from_value::<BlockActions>(payload) else {
+        // Interactions portbot does not use are acknowledged and ignored.
+        return StatusCode::OK.into_response();
     };
     // Other interactions (and buttons of other apps' messages) are acknowledged and ignored.
     let Some(action) = payload
@@ -102,4 +113,85 @@ pub(super) async fn interactions(
         }
     }
     StatusCode::OK.into_response()
+}
+
+/// A submitted form for missing inputs: the command's inputs plus the form's, checked as one
+/// request. Problems come back under the field they concern, so the user fixes them in place.
+async fn submit_form(state: &SlackState, payload: &Value) -> Response {
+    let view = &payload["view"];
+    let submitted = submitted_values(&view["state"]);
+    let first_field = submitted
+        .first()
+        .map(|(name, _)| name.clone())
+        .unwrap_or_default();
+    let problem = |field: &str, message: String| {
+        let mut errors = Map::new();
+        errors.insert(field.to_owned(), Value::from(message));
+        Json(json!({"response_action": "errors", "errors": errors})).into_response()
+    };
+    let key = view["private_metadata"].as_str().unwrap_or_default();
+    let asked = match state.app.form(key) {
+        Ok(Some(saved)) => serde_json::from_value::<FormState>(saved).ok(),
+        _ => None,
+    };
+    let Some(asked) = asked.filter(|a| payload["user"]["id"] == a.user.as_str()) else {
+        return problem(
+            &first_field,
+            "This form has expired; run the command again.".into(),
+        );
+    };
+    let Ok(who) = Identity::try_from(format!("slack:{}", asked.user)) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut inputs: Vec<(String, String)> = asked
+        .given
+        .into_iter()
+        .filter(|(name, _)| !submitted.iter().any(|(n, _)| n == name))
+        .collect();
+    inputs.extend(submitted.iter().cloned());
+    let created = state
+        .app
+        .request_run(
+            &who,
+            &asked.action,
+            asked.entity.as_deref(),
+            RawInputs::Text(inputs),
+            "SLACK",
+            Some(&asked.channel),
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            if let Err(error) = state.app.save_form(key, None).await {
+                tracing::warn!(%error, "a used form was not dropped");
+            }
+            StatusCode::OK.into_response()
+        }
+        Err(AppError::Request(RequestError::Inputs(problems))) => {
+            let mut errors = Map::new();
+            for v in &problems.invalid {
+                errors.insert(
+                    v.field.clone(),
+                    Value::from(format!("{} {}", v.field, v.rule)),
+                );
+            }
+            for m in &problems.missing {
+                errors.insert(m.clone(), Value::from(format!("{m} is required")));
+            }
+            // Slack shows errors only under fields of the form; others go under the first one.
+            let (shown, elsewhere): (Map<String, Value>, Map<String, Value>) = errors
+                .into_iter()
+                .partition(|(field, _)| submitted.iter().any(|(n, _)| n == field));
+            let mut errors = shown;
+            if !elsewhere.is_empty() {
+                let text: Vec<String> = elsewhere
+                    .values()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect();
+                errors.insert(first_field, Value::from(text.join("; ")));
+            }
+            Json(json!({"response_action": "errors", "errors": errors})).into_response()
+        }
+        Err(error) => problem(&first_field, error.to_string()),
+    }
 }

@@ -8,6 +8,7 @@
 pub mod approvals;
 mod interactions;
 mod messages;
+mod modal;
 mod signature;
 pub mod thread;
 mod web_api;
@@ -31,6 +32,7 @@ use crate::core::ids::{Identity, RunId};
 use crate::core::run::RunStatus;
 
 pub use messages::{MessageError, Messages};
+use modal::{modal_data, FormState};
 pub use signature::{SignatureError, Verifier};
 pub use web_api::{SlackApi, SlackApiError};
 
@@ -64,6 +66,8 @@ struct SlashCommand {
     user_id: String,
     #[serde(default)]
     channel_id: String,
+    #[serde(default)]
+    trigger_id: String,
     #[serde(default)]
     text: String,
     ssl_check: Option<String>,
@@ -100,7 +104,7 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
         return (StatusCode::BAD_REQUEST, "no user_id").into_response();
     };
     let reply = match ChatCommand::parse(&form.text) {
-        Ok(command) => answer(&state, &who, &form.channel_id, command).await,
+        Ok(command) => answer(&state, &who, &form, command).await,
         Err(error) => Reply::Error(error.to_string()),
     };
     reply.render(&state)
@@ -110,6 +114,8 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
 enum Reply {
     Message(&'static str, Value),
     Error(String),
+    /// An empty 200: Slack shows nothing (a modal opened instead).
+    Nothing,
 }
 
 impl Reply {
@@ -117,6 +123,7 @@ impl Reply {
         let (name, data) = match self {
             Reply::Message(name, data) => (name, data),
             Reply::Error(message) => ("error", json!({ "message": message })),
+            Reply::Nothing => return StatusCode::OK.into_response(),
         };
         match state.messages.render(name, &data) {
             Ok(body) => Json(body).into_response(),
@@ -129,7 +136,13 @@ impl Reply {
     }
 }
 
-async fn answer(state: &SlackState, who: &Identity, channel: &str, command: ChatCommand) -> Reply {
+async fn answer(
+    state: &SlackState,
+    who: &Identity,
+    form: &SlashCommand,
+    command: ChatCommand,
+) -> Reply {
+    let channel = form.channel_id.as_str();
     let app = &state.app;
     match command {
         ChatCommand::Help => Reply::Message("help", listing(state, who, None)),
@@ -146,6 +159,7 @@ async fn answer(state: &SlackState, who: &Identity, channel: &str, command: Chat
             entity,
             inputs,
         } => {
+            let given = inputs.clone();
             let created = app
                 .request_run(
                     who,
@@ -165,6 +179,21 @@ async fn answer(state: &SlackState, who: &Identity, channel: &str, command: Chat
                         "command": state.command,
                     }),
                 ),
+                Err(AppError::Request(RequestError::Inputs(problems)))
+                    if problems.invalid.is_empty() && !form.trigger_id.is_empty() =>
+                {
+                    let asked = FormState {
+                        user: form.user_id.clone(),
+                        channel: channel.to_owned(),
+                        action,
+                        entity,
+                        given,
+                    };
+                    match open_form(state, &form.trigger_id, asked, &problems.missing).await {
+                        Ok(()) => Reply::Nothing,
+                        Err(error) => Reply::Error(format!("The run was not created:\n{problems}\n(The form could not be opened: {error})")),
+                    }
+                }
                 Err(AppError::Request(RequestError::Inputs(problems))) => {
                     Reply::Error(format!("The run was not created:\n{problems}"))
                 }
@@ -177,6 +206,53 @@ async fn answer(state: &SlackState, who: &Identity, channel: &str, command: Chat
                 }
             }
         }
+    }
+}
+
+/// Keeps what the command said and opens the form for the missing inputs (`views.open` must
+/// come within 3 seconds of the command, while its `trigger_id` is valid).
+async fn open_form(
+    state: &SlackState,
+    trigger_id: &str,
+    asked: FormState,
+    missing: &[String],
+) -> Result<(), String> {
+    let app = &state.app;
+    let action = app.action(&asked.action).map_err(|e| e.to_string())?;
+    let current = asked
+        .entity
+        .as_deref()
+        .and_then(|id| crate::core::ids::EntityId::try_from(id).ok())
+        .and_then(|id| {
+            app.catalog()
+                .entity(&action.blueprint, &id)
+                .map(|e| e.properties.clone())
+        })
+        .unwrap_or_default();
+    let key = hex::encode(rand::random::<[u8; 16]>());
+    let view = state
+        .messages
+        .render(
+            "input_modal",
+            &modal_data(action, missing, &current, &key, asked.entity.as_deref()),
+        )
+        .map_err(|e| e.to_string())?;
+    let saved = serde_json::to_value(&asked).expect("form state serialises");
+    app.save_form(&key, Some(&saved))
+        .await
+        .map_err(|e| e.to_string())?;
+    let opened = tokio::time::timeout(
+        std::time::Duration::from_millis(2500),
+        state.api.call(
+            "views.open",
+            &json!({"trigger_id": trigger_id, "view": view}),
+        ),
+    )
+    .await;
+    match opened {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("Slack did not answer in time".into()),
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
 //! | `ref/<consumer>/<run>`    | what the consumer keeps (chat message ids) |
 //! | `inv/<run>`               | backend invocation attempts so far       |
+//! | `form/<key>`              | a chat form (modal) in progress          |
 //! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
 
@@ -133,6 +134,16 @@ impl Change {
         );
         if caught_up {
             self.remove(format!("due/{consumer}/{run}").into_bytes());
+        }
+    }
+
+    /// A form in progress (a chat modal's state), so a restart between opening and submitting
+    /// it loses nothing; `None` removes it.
+    pub fn set_form(&mut self, key: &str, form: Option<&serde_json::Value>) {
+        let key = format!("form/{key}").into_bytes();
+        match form {
+            Some(form) => self.insert(key, json(form)),
+            None => self.remove(key),
         }
     }
 
@@ -283,6 +294,10 @@ impl Store {
             .get(format!("cur/{consumer}/{run}"))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
+    }
+
+    pub fn form(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
+        self.get(format!("form/{key}").as_bytes())
     }
 
     pub fn reference(&self, consumer: &str, run: &RunId) -> StoreResult<Option<serde_json::Value>> {
