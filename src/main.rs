@@ -58,6 +58,12 @@ enum Command {
     Serve,
     /// Validate settings, catalog, actions and templates; print every problem.
     Check,
+    /// Print the Slack app manifest for a bot reachable at URL.
+    SlackManifest {
+        /// The bot's public base URL, e.g. https://portbot.example.com
+        #[arg(long)]
+        url: String,
+    },
     /// Request a run: portbot run ACTION [ENTITY] [key=value ...]
     Run {
         #[arg(required = true, num_args = 1.., value_name = "ACTION [ENTITY] [key=value]")]
@@ -103,6 +109,7 @@ async fn main() -> ExitCode {
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(args.config).await,
         Command::Check => check(args.config),
+        Command::SlackManifest { url } => slack_manifest(args.config, &url),
         client_command => run_client(args.config, args.client, client_command).await,
     };
     match result {
@@ -144,6 +151,16 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn slack_manifest(config: Option<PathBuf>, url: &str) -> anyhow::Result<ExitCode> {
+    if !url.starts_with("https://") {
+        anyhow::bail!("Slack only calls https URLs: give --url https://...");
+    }
+    let settings = Settings::load(config.as_deref())?;
+    let manifest = portbot::slack::manifest::manifest(url, &settings.slack.command);
+    println!("{}", serde_json::to_string_pretty(&manifest)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_client(
     config: Option<PathBuf>,
     flags: ClientArgs,
@@ -172,7 +189,9 @@ async fn run_client(
         Command::Entities { blueprint, id } => {
             cli::entities(&client, &blueprint, id.as_deref()).await?
         }
-        Command::Serve | Command::Check => unreachable!("handled in main"),
+        Command::Serve | Command::Check | Command::SlackManifest { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -151,3 +151,33 @@ fn check_reports_every_problem_with_file_and_field() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("problem(s)"));
 }
+
+#[test]
+fn the_slack_manifest_points_slack_at_this_bot() {
+    let out = Command::new(common::binary())
+        .args(["slack-manifest", "--url", "https://portbot.example.com/"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let command = &manifest["features"]["slash_commands"][0];
+    assert_eq!(command["command"], "/port");
+    assert_eq!(command["url"], "https://portbot.example.com/slack/commands");
+    assert_eq!(
+        manifest["settings"]["interactivity"]["request_url"],
+        "https://portbot.example.com/slack/interactions"
+    );
+    assert_eq!(
+        manifest["oauth_config"]["scopes"]["bot"],
+        json!(["commands", "chat:write", "chat:write.public"])
+    );
+    let plain = Command::new(common::binary())
+        .args(["slack-manifest", "--url", "http://insecure"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+}

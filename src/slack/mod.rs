@@ -7,6 +7,7 @@
 
 pub mod approvals;
 mod interactions;
+pub mod manifest;
 mod messages;
 mod modal;
 mod signature;

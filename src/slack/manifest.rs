@@ -1,0 +1,37 @@
+//! `portbot slack-manifest --url BASE`: the Slack app manifest for this deployment, so a new
+//! workspace is set up by pasting it at api.slack.com/apps ("From an app manifest").
+
+use serde_json::{json, Value};
+
+/// The bot scopes portbot uses: the slash command, posting and updating messages (also in
+/// public channels it has not joined) and ephemeral refusals.
+pub const BOT_SCOPES: &[&str] = &["commands", "chat:write", "chat:write.public"];
+
+/// The manifest for a bot reachable at `base` (e.g. `https://portbot.example.com`).
+pub fn manifest(base: &str, command: &str) -> Value {
+    let base = base.trim_end_matches('/');
+    json!({
+        "_metadata": {"major_version": 1, "minor_version": 1},
+        "display_information": {
+            "name": "portbot",
+            "description": "Self-service actions from your developer portal",
+        },
+        "features": {
+            "bot_user": {"display_name": "portbot", "always_online": true},
+            "slash_commands": [{
+                "command": command,
+                "url": format!("{base}/slack/commands"),
+                "description": "Run a self-service action",
+                "usage_hint": "ACTION [ENTITY] [key=value ...] | help | list | status RUN_ID",
+                "should_escape": false,
+            }],
+        },
+        "oauth_config": {"scopes": {"bot": BOT_SCOPES}},
+        "settings": {
+            "interactivity": {"is_enabled": true, "request_url": format!("{base}/slack/interactions")},
+            "org_deploy_enabled": false,
+            "socket_mode_enabled": false,
+            "token_rotation_enabled": false,
+        },
+    })
+}
