@@ -75,6 +75,8 @@ pub struct SlackSettings {
     pub api_url: String,
     pub approval_channel: Option<String>,
     pub command: String,
+    /// The least time between two messages to one channel (Slack allows about one a second).
+    pub message_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -127,6 +127,9 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         app: app.clone(),
         api: api.clone(),
         messages: messages.clone(),
+        pace: slack::Pace::new(std::time::Duration::from_millis(
+            settings.slack.message_interval_ms,
+        )),
     };
     let threads = slack::thread::Threads {
         poster: poster.clone(),

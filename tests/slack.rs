@@ -25,6 +25,7 @@ async fn slack_app_with(fake: &FakeSlack) -> TestApp {
         settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
         settings.slack.api_url = api_url;
         settings.slack.approval_channel = Some("CAPPROVE".into());
+        settings.slack.message_interval_ms = 100;
         for team in &mut settings.teams {
             match team.identifier.as_str() {
                 "developers" => team.slack_users.push("UDEV".into()),
@@ -312,6 +313,45 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
         .collect();
     assert!(!updates.is_empty() && updates.iter().all(|c| c.body["ts"] == card_ts));
+    assert_eq!(
+        fake.too_fast.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "portbot kept Slack's pace per channel"
+    );
+}
+
+#[tokio::test]
+async fn a_rate_limited_slack_is_waited_out_and_nothing_is_lost() {
+    let fake = FakeSlack::start().await;
+    fake.throttle_next
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    app.wait_for(&run, "SUCCESS").await;
+    let mut thread = String::new();
+    for _ in 0..100 {
+        thread = fake
+            .calls()
+            .iter()
+            .filter(|c| c.body["channel"] == "C123")
+            .map(|c| c.body["blocks"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if thread.contains("your run ended") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        thread.contains("Scaffold a service") && thread.contains("your run ended: *SUCCESS*"),
+        "{thread}"
+    );
+    assert_eq!(
+        fake.throttle_next.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod interactions;
 pub mod manifest;
 mod messages;
 mod modal;
+mod pace;
 mod signature;
 pub mod thread;
 mod web_api;
@@ -34,6 +35,7 @@ use crate::core::run::RunStatus;
 
 pub use messages::{MessageError, Messages};
 use modal::{modal_data, FormState};
+pub use pace::Pace;
 pub use signature::{SignatureError, Verifier};
 pub use web_api::{SlackApi, SlackApiError};
 

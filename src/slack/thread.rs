@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 
 use super::messages::{slack_json_escape, Messages};
+use super::pace::Pace;
 use super::web_api::{SlackApi, SlackApiError};
 use crate::api::run_json;
 use crate::app::worker::Deliver;
@@ -39,6 +40,7 @@ pub struct Poster {
     pub app: App,
     pub api: SlackApi,
     pub messages: std::sync::Arc<Messages>,
+    pub pace: Pace,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,9 @@ impl Poster {
 
     /// Calls Slack, waiting out rate limits as Slack asks.
     pub(super) async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
+        if let ("chat.postMessage", Some(channel)) = (method, body["channel"].as_str()) {
+            self.pace.slot(channel).await;
+        }
         loop {
             match self.api.call(method, body).await {
                 Ok(answer) => return Ok(answer),

@@ -333,11 +333,21 @@ pub struct SlackCall {
 }
 
 /// A fake Slack Web API on loopback: records calls and answers like Slack (`ts` for posts).
+/// It refuses with 429 a post that comes sooner than `FAKE_SLACK_INTERVAL` after the previous
+/// post to the same channel, as Slack does, and can be told to answer 429 a few times.
 #[derive(Clone)]
 pub struct FakeSlack {
     pub calls: Arc<Mutex<Vec<SlackCall>>>,
     pub addr: SocketAddr,
+    /// Posts refused for coming too fast.
+    pub too_fast: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer this many next calls with 429 `Retry-After: 1`.
+    pub throttle_next: Arc<std::sync::atomic::AtomicUsize>,
+    last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
+
+/// The pace the fake Slack enforces per channel (portbot's is set a little slower in tests).
+pub const FAKE_SLACK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(90);
 
 impl FakeSlack {
     pub async fn start() -> FakeSlack {
@@ -345,6 +355,9 @@ impl FakeSlack {
         let fake = FakeSlack {
             calls: Arc::default(),
             addr: listener.local_addr().unwrap(),
+            too_fast: Arc::default(),
+            throttle_next: Arc::default(),
+            last_post: Arc::default(),
         };
         let state = fake.clone();
         let router = axum::Router::new().route(
@@ -362,7 +375,32 @@ impl FakeSlack {
                                 .unwrap_or_default()
                                 .to_owned()
                         };
+                        use axum::response::IntoResponse;
+                        use std::sync::atomic::Ordering::SeqCst;
                         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let throttled = state
+                            .throttle_next
+                            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+                        let too_fast = method == "chat.postMessage" && {
+                            let mut last = state.last_post.lock().unwrap();
+                            let now = std::time::Instant::now();
+                            let early = last
+                                .get(&channel)
+                                .is_some_and(|t| now.duration_since(*t) < FAKE_SLACK_INTERVAL);
+                            if !early && !throttled {
+                                last.insert(channel.clone(), now);
+                            }
+                            early
+                        };
+                        if too_fast {
+                            state.too_fast.fetch_add(1, SeqCst);
+                        }
+                        if throttled || too_fast {
+                            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "")
+                                .into_response();
+                        }
                         let mut calls = state.calls.lock().unwrap();
                         calls.push(SlackCall {
                             method: method.clone(),
@@ -372,6 +410,7 @@ impl FakeSlack {
                         });
                         let ts = format!("1700000000.{:06}", calls.len());
                         axum::Json(json!({"ok": true, "channel": body["channel"], "ts": ts}))
+                            .into_response()
                     }
                 },
             ),
