@@ -77,6 +77,9 @@ pub struct SlackSettings {
     pub command: String,
     /// The least time between two messages to one channel (Slack allows about one a second).
     pub message_interval_ms: u64,
+    /// Runs whose messages are being delivered at once. Most of a delivery is waiting for its
+    /// channel's next slot, so this is high.
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -16,9 +16,6 @@ use crate::metrics::Metrics;
 use crate::slack;
 use crate::store::Store;
 
-/// Runs whose Slack threads are written at once.
-const SLACK_CONCURRENCY: usize = 16;
-
 /// The client secret shipped in `config/default.toml` for the local quick start.
 pub const DEMO_SECRET: &str = "portbot-demo-secret-change-me";
 
@@ -138,7 +135,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         app.clone(),
         slack::thread::CONSUMER,
         threads,
-        SLACK_CONCURRENCY,
+        settings.slack.max_concurrent,
     );
     if let Some(channel) = settings.slack.approval_channel.clone() {
         let approvals = slack::approvals::Approvals { poster, channel };
@@ -146,7 +143,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
             app.clone(),
             slack::approvals::CONSUMER,
             approvals,
-            SLACK_CONCURRENCY,
+            settings.slack.max_concurrent,
         );
     }
     Ok(slack::router(slack::SlackState {

@@ -1,0 +1,241 @@
+//! Log fan-out to Slack: 200 runs, each requested in its own channel, each getting 50 log lines
+//! at once, against a fake Slack that allows one message per second per channel (and answers
+//! 429 to anything faster). Reports messages sent, lines lost (must be 0), 429s, and the drain
+//! time against the limit's lower bound: (messages in the busiest channel - 1) seconds.
+//!
+//! Run with `cargo bench --bench slack_fanout` (about 10 s). `FANOUT_RUNS` and `FANOUT_LINES`
+//! change the size. Everything runs in this process on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use serde_json::{json, Value};
+
+use portbot::config::Settings;
+use portbot::core::action::RawInputs;
+use portbot::core::ids::{Identity, RunId};
+use portbot::core::run::RunStatus;
+use portbot::startup::Application;
+
+/// What the fake Slack saw.
+#[derive(Default)]
+struct Seen {
+    /// Messages accepted per channel, with the time of the last one.
+    per_channel: HashMap<String, (usize, Instant)>,
+    refused: usize,
+    /// Log lines seen in thread messages, by text.
+    lines: HashMap<String, usize>,
+    ended: usize,
+    last_message: Option<Instant>,
+}
+
+async fn fake_slack(seen: Arc<Mutex<Seen>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/api/{method}",
+        axum::routing::post(
+            move |axum::extract::Path(method): axum::extract::Path<String>, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+                    let mut seen = seen.lock().unwrap();
+                    let now = Instant::now();
+                    if method == "chat.postMessage" {
+                        let (count, last) = seen.per_channel.get(&channel).copied().unwrap_or((0, now - Duration::from_secs(10)));
+                        if now.duration_since(last) < Duration::from_millis(990) {
+                            seen.refused += 1;
+                            return (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response();
+                        }
+                        seen.per_channel.insert(channel.clone(), (count + 1, now));
+                        seen.last_message = Some(now);
+                        let text = body["blocks"].to_string();
+                        if let Some(start) = text.find("```") {
+                            let end = text[start + 3..].find("```").map_or(text.len(), |e| start + 3 + e);
+                            for line in text[start + 3..end].split("\\n") {
+                                *seen.lines.entry(line.to_owned()).or_default() += 1;
+                            }
+                        }
+                        if text.contains("your run ended") {
+                            seen.ended += 1;
+                        }
+                    }
+                    axum::Json(json!({"ok": true, "channel": channel, "ts": format!("{}.000100", now.elapsed().as_nanos())})).into_response()
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}/api/")
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let runs = env_usize("FANOUT_RUNS", 200);
+    let lines = env_usize("FANOUT_LINES", 50);
+    let dir = tempfile::tempdir().unwrap();
+    let crate_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::set_current_dir(crate_root).unwrap();
+    let catalog = dir.path().join("catalog");
+    for part in ["blueprints", "entities"] {
+        copy_dir(
+            &crate_root.join("config/catalog").join(part),
+            &catalog.join(part),
+        );
+    }
+    std::fs::create_dir_all(catalog.join("actions")).unwrap();
+    // A backend that takes the run and reports later: the bench reports for it.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", receiver.local_addr().unwrap());
+    tokio::spawn(async move {
+        let router = axum::Router::new().fallback(|| async { axum::http::StatusCode::ACCEPTED });
+        axum::serve(receiver, router).await.unwrap()
+    });
+    let action = json!({
+        "identifier": "fanout", "title": "Fan-out",
+        "trigger": {"type": "self-service", "operation": "CREATE", "blueprintIdentifier": "Component",
+                    "userInputs": {"properties": {}, "required": []}},
+        "invocationMethod": {"type": "WEBHOOK", "url": hook},
+        "requiredApproval": false
+    });
+    std::fs::write(catalog.join("actions/fanout.json"), action.to_string()).unwrap();
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let api_url = fake_slack(seen.clone()).await;
+    let mut settings = Settings::load(None).unwrap();
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.storage.path = dir.path().join("db");
+    settings.catalog.path = catalog;
+    settings.slack.enabled = true;
+    settings.slack.signing_secret = Some(serde_json::from_value(json!("bench")).unwrap());
+    settings.slack.bot_token = Some(serde_json::from_value(json!("xoxb-bench")).unwrap());
+    settings.slack.api_url = api_url;
+    let application = Application::build(settings).await.unwrap();
+    let app = application.app().clone();
+    tokio::spawn(application.run_until_stopped());
+
+    let who = Identity::try_from("slack:UBENCH").unwrap();
+    let started = Instant::now();
+    let mut ids: Vec<RunId> = Vec::new();
+    for i in 0..runs {
+        let channel = format!("C{i:05}");
+        let run = app
+            .request_run(
+                &who,
+                "fanout",
+                None,
+                RawInputs::Text(vec![]),
+                "SLACK",
+                Some(&channel),
+            )
+            .await
+            .unwrap();
+        ids.push(run.id);
+    }
+    // Every run's backend reports its lines at once, then ends it.
+    let mut tasks = Vec::new();
+    for (r, id) in ids.iter().enumerate() {
+        let (app, id) = (app.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            for l in 0..lines {
+                app.append_log(&id, format!("run {r} line {l}"), None, None)
+                    .await
+                    .unwrap();
+            }
+            app.append_log(&id, format!("run {r} done"), Some(RunStatus::Success), None)
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stored = started.elapsed();
+
+    let expected = runs * lines;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = {
+            let seen = seen.lock().unwrap();
+            seen.ended == runs
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap();
+    let drain = seen
+        .last_message
+        .map_or(Duration::ZERO, |t| t.duration_since(started));
+    let delivered = (0..runs)
+        .flat_map(|r| (0..lines).map(move |l| format!("run {r} line {l}")))
+        .filter(|line| seen.lines.contains_key(line))
+        .count();
+    let duplicated = (0..runs)
+        .flat_map(|r| (0..lines).map(move |l| format!("run {r} line {l}")))
+        .filter(|line| seen.lines.get(line).is_some_and(|n| *n > 1))
+        .count();
+    let messages: usize = seen.per_channel.values().map(|(n, _)| n).sum();
+    let busiest = seen
+        .per_channel
+        .values()
+        .map(|(n, _)| *n)
+        .max()
+        .unwrap_or(0);
+    let bound = Duration::from_secs(busiest.saturating_sub(1) as u64);
+    println!("## portbot slack_fanout benchmark\n");
+    println!("{runs} runs, each in its own channel, x {lines} log lines; fake Slack allows 1 message/s/channel.\n");
+    println!("| measure | value |\n|---|---:|");
+    println!(
+        "| events stored (runs created, lines logged, runs ended) | {:.2} s |",
+        stored.as_secs_f64()
+    );
+    println!(
+        "| messages sent | {messages} ({:.1} per run) |",
+        messages as f64 / runs as f64
+    );
+    println!(
+        "| messages refused with 429 (sent too fast) | {} |",
+        seen.refused
+    );
+    println!("| log lines delivered | {delivered} of {expected} |");
+    println!("| log lines lost | {} |", expected - delivered);
+    println!("| log lines delivered twice | {duplicated} |");
+    println!("| runs whose end was posted | {} of {runs} |", seen.ended);
+    println!(
+        "| drain time (first run created to last message) | {:.2} s |",
+        drain.as_secs_f64()
+    );
+    println!(
+        "| lower bound ((messages in the busiest channel - 1) x 1 s) | {:.0} s |",
+        bound.as_secs_f64()
+    );
+    println!(
+        "| drain / bound | {:.2} |",
+        drain.as_secs_f64() / bound.as_secs_f64().max(1.0)
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
