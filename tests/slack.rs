@@ -690,3 +690,38 @@ async fn a_day_2_form_is_prefilled_with_the_entitys_current_values() {
         .unwrap();
     assert_eq!(field["element"]["initial_value"], "3");
 }
+
+#[tokio::test]
+async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    fake.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    fake.refuse_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
+    let mut cards = 0;
+    for _ in 0..100 {
+        let calls = fake.calls();
+        cards = calls
+            .iter()
+            .filter(|c| {
+                c.body["channel"] == "C123"
+                    && c.body.get("thread_ts").is_none()
+                    && c.method == "chat.postMessage"
+            })
+            .count();
+        if calls
+            .iter()
+            .any(|c| c.body["blocks"].to_string().contains("your run ended"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(cards, 1, "{:?}", fake.calls());
+    assert_eq!(fake.fail_next.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        fake.refuse_next.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

@@ -1,9 +1,10 @@
 //! The loop every outbox consumer runs: it learns which runs are due (told at once after each
 //! commit, and from the store at start and every 30 s), and delivers each due run's events with
 //! one task per run at a time, so events stay in order per run, and at most `max_concurrent`
-//! runs at once; the rest wait their turn.
+//! runs at once; the rest wait their turn. A failed delivery is tried again after a backoff
+//! (0.5 s, doubling, at most 30 s); the run stays due in the store meanwhile.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,8 +12,10 @@ use std::time::Duration;
 use super::{App, AppError};
 use crate::core::ids::RunId;
 
-/// How often the store's due marks are read again (runs whose delivery failed are retried).
+/// How often the store's due marks are read again.
 const RESCAN: Duration = Duration::from_secs(30);
+/// The first wait before a failed delivery is tried again; it doubles up to `RESCAN`.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// A consumer's delivery of one run's pending events.
 pub trait Deliver: Clone + Send + Sync + 'static {
@@ -28,6 +31,8 @@ struct Work {
     recheck: HashSet<RunId>,
     waiting: VecDeque<RunId>,
     queued: HashSet<RunId>,
+    /// Deliveries that failed in a row, per run.
+    failures: HashMap<RunId, u32>,
 }
 
 struct Worker<D> {
@@ -99,13 +104,28 @@ impl<D: Deliver> Worker<D> {
         tokio::spawn(async move {
             loop {
                 if let Err(error) = this.deliver.deliver(&run).await {
-                    tracing::error!(consumer = this.consumer, run = %run, %error, "delivery failed; will retry");
-                    this.finish(&mut this.work(), &run);
+                    let wait = {
+                        let mut work = this.work();
+                        let failures = work.failures.entry(run.clone()).or_default();
+                        *failures += 1;
+                        let wait = FIRST_RETRY
+                            .saturating_mul(1 << (*failures - 1).min(6))
+                            .min(RESCAN);
+                        this.finish(&mut work, &run);
+                        wait
+                    };
+                    tracing::warn!(consumer = this.consumer, run = %run, %error, ?wait, "delivery failed; will retry");
+                    let retry = this.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        retry.take(run);
+                    });
                     return;
                 }
                 // Checked under the lock: an event that came meanwhile either flagged the run
                 // for a recheck, or will start a new delivery in `take`.
                 let mut work = this.work();
+                work.failures.remove(&run);
                 if !work.recheck.remove(&run) {
                     this.finish(&mut work, &run);
                     return;

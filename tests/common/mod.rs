@@ -343,6 +343,10 @@ pub struct FakeSlack {
     pub too_fast: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer this many next calls with 429 `Retry-After: 1`.
     pub throttle_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer this many next calls with `{"ok": false, "error": "internal_error"}`.
+    pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer this many next calls with HTTP 503.
+    pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
     last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
@@ -357,6 +361,8 @@ impl FakeSlack {
             addr: listener.local_addr().unwrap(),
             too_fast: Arc::default(),
             throttle_next: Arc::default(),
+            refuse_next: Arc::default(),
+            fail_next: Arc::default(),
             last_post: Arc::default(),
         };
         let state = fake.clone();
@@ -378,6 +384,18 @@ impl FakeSlack {
                         use axum::response::IntoResponse;
                         use std::sync::atomic::Ordering::SeqCst;
                         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let take = |counter: &std::sync::atomic::AtomicUsize| {
+                            counter
+                                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                                .is_ok()
+                        };
+                        if take(&state.fail_next) {
+                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        if take(&state.refuse_next) {
+                            return axum::Json(json!({"ok": false, "error": "internal_error"}))
+                                .into_response();
+                        }
                         let throttled = state
                             .throttle_next
                             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
