@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{action, free_addr, Receiver, TestApp};
+use common::slack::{click, form, signature, submission};
+use common::{action, free_addr, FakeSlack, Receiver, TestApp};
 use serde_json::json;
 
 const DEV: &str = "dev@example.com";
@@ -27,9 +28,14 @@ impl Drop for Server {
 /// Starts the binary; its log goes to `log`. Checkpoints are rare, so that what the first server
 /// acknowledged survives the kill in the write-ahead log only, and the restart must replay it.
 async fn start(dir: &Path, addr: SocketAddr, log: &str) -> Server {
+    start_with(dir, addr, log, &[]).await
+}
+
+async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, String)]) -> Server {
     let server = Server(
         Command::new(common::binary())
             .arg("serve")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PORTBOT__STORAGE__CHECKPOINT_INTERVAL_MS", "600000")
             .env("PORTBOT__SERVER__BIND", addr.to_string())
             .env("PORTBOT__STORAGE__PATH", dir.join("db"))
@@ -154,5 +160,155 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
             .unwrap()
             .starts_with("portbot stopped while the command was running"),
         "{logs:?}"
+    );
+}
+
+const SECRET: &str = "restart-signing-secret";
+
+/// Posts a signed Slack request; the status and body.
+async fn post_slack(app: &TestApp, path: &str, body: &str) -> (u16, String) {
+    let now = chrono::Utc::now().timestamp();
+    let response = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", now.to_string())
+        .header("x-slack-signature", signature(SECRET, now, body))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn slack_steps_survive_a_kill() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let fake = FakeSlack::start().await;
+    let dir = common::deployment(&[]);
+    let config = dir.path().join("slack.toml");
+    std::fs::write(
+        &config,
+        "[[teams]]\nidentifier = \"developers\"\nslack_users = [\"UDEV\"]\n\n[[teams]]\nidentifier = \"devops\"\nslack_users = [\"UOPS\"]\n",
+    )
+    .unwrap();
+    let env = vec![
+        ("PORTBOT_CONFIG", config.display().to_string()),
+        ("PORTBOT__SLACK__ENABLED", "true".to_owned()),
+        ("PORTBOT__SLACK__SIGNING_SECRET", SECRET.to_owned()),
+        ("PORTBOT__SLACK__BOT_TOKEN", "xoxb-restart".to_owned()),
+        ("PORTBOT__SLACK__API_URL", fake.api_url()),
+        ("PORTBOT__SLACK__APPROVAL_CHANNEL", "CAPPROVE".to_owned()),
+        ("PORTBOT__SLACK__MESSAGE_INTERVAL_MS", "100".to_owned()),
+    ];
+    let addr = free_addr();
+    let mut server = start_with(dir.path(), addr, "a.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+
+    // 1. A form opens; 2. a run is stored while Slack is down, so its card is not posted yet.
+    let (status, _) = post_slack(
+        &app,
+        "/slack/commands",
+        &form("UDEV", "add-documentdb mailer"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let key = fake
+        .calls()
+        .iter()
+        .find(|c| c.method == "views.open")
+        .expect("a form")
+        .body["view"]["private_metadata"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.fail_next.store(100_000, SeqCst);
+    let (status, _) = post_slack(
+        &app,
+        "/slack/commands",
+        &form("UDEV", "add-documentdb mailer instances=2"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let first = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+
+    // After the restart the card and the approval request go out, once each.
+    fake.fail_next.store(0, SeqCst);
+    let mut server = start_with(dir.path(), addr, "b.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let posted_about = |channel: &str, run: &str| {
+        fake.calls()
+            .iter()
+            .filter(|c| {
+                c.method == "chat.postMessage"
+                    && c.body["channel"] == channel
+                    && c.body.get("thread_ts").is_none()
+            })
+            .filter(|c| c.body["blocks"].to_string().contains(run))
+            .count()
+    };
+    until("the card and the approval request", || {
+        posted_about("C123", &first) == 1 && posted_about("CAPPROVE", &first) == 1
+    })
+    .await;
+
+    // The form opened before the kill can still be submitted.
+    let values =
+        serde_json::json!({"instances": {"value": {"type": "number_input", "value": "3"}}});
+    let (status, body) = post_slack(
+        &app,
+        "/slack/interactions",
+        &submission("UDEV", &key, values),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
+
+    // 3. The approval request posted before a kill is still decided by its button.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let _server = start_with(dir.path(), addr, "c.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (status, _) = post_slack(
+        &app,
+        "/slack/interactions",
+        &click("UOPS", "approve", &first),
+    )
+    .await;
+    assert_eq!(status, 200);
+    app.wait_for(&first, "SUCCESS").await;
+    until("the request updated after the restart", || {
+        fake.calls().iter().any(|c| {
+            c.method == "chat.update"
+                && c.body["channel"] == "CAPPROVE"
+                && c.body["blocks"].to_string().contains("Approved by <@UOPS>")
+        })
+    })
+    .await;
+    assert_eq!(
+        posted_about("C123", &first),
+        1,
+        "the card was never posted twice"
+    );
+    assert_eq!(
+        posted_about("CAPPROVE", &first),
+        1,
+        "the request was never posted twice"
     );
 }

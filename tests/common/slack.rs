@@ -1,0 +1,80 @@
+//! Slack's side of the tests: signed slash-command forms, button clicks and form submissions in
+//! the shapes Slack posts (PROTOCOL-NOTES §1, §4).
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The form Slack posts for `/port <text>` typed by `user`.
+pub fn form(user: &str, text: &str) -> String {
+    serde_urlencoded::to_string([
+        ("token", "deprecated"),
+        ("team_id", "T1"),
+        ("team_domain", "acme"),
+        ("channel_id", "C123"),
+        ("channel_name", "dev"),
+        ("user_id", user),
+        ("user_name", "someone"),
+        ("command", "/port"),
+        ("text", text),
+        ("api_app_id", "A1"),
+        ("is_enterprise_install", "false"),
+        ("response_url", "https://hooks.slack.invalid/commands/1"),
+        ("trigger_id", "123.456.abc"),
+    ])
+    .unwrap()
+}
+
+/// A click on an approval request's button, as Slack posts it (PROTOCOL-NOTES §4).
+pub fn click(user: &str, action: &str, run: &str) -> String {
+    let payload = json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "deprecated",
+        "container": {"type": "message", "message_ts": "1700000000.000002", "channel_id": "CAPPROVE", "is_ephemeral": false},
+        "trigger_id": "123.456.def",
+        "team": {"id": "T1", "domain": "acme"},
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "channel": {"id": "CAPPROVE", "name": "approvals"},
+        "message": {"type": "message", "ts": "1700000000.000002", "text": "Approval needed", "blocks": []},
+        "response_url": "https://hooks.slack.invalid/actions/1",
+        "actions": [{
+            "action_id": action, "block_id": "approval",
+            "text": {"type": "plain_text", "text": "Approve", "emoji": true},
+            "value": run, "style": "primary", "type": "button", "action_ts": "1700000001.000000"
+        }],
+        "state": {"values": {}}
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+/// A submission of the inputs form, as Slack posts it (PROTOCOL-NOTES §4).
+pub fn submission(user: &str, key: &str, values: Value) -> String {
+    let payload = json!({
+        "type": "view_submission",
+        "team": {"id": "T1", "domain": "acme"},
+        "user": {"id": user, "username": "someone", "name": "someone", "team_id": "T1"},
+        "api_app_id": "A1",
+        "token": "deprecated",
+        "trigger_id": "789.012.ghi",
+        "view": {
+            "id": "V1", "team_id": "T1", "type": "modal", "callback_id": "portbot_inputs",
+            "private_metadata": key, "blocks": [], "state": {"values": values},
+            "hash": "h", "title": {"type": "plain_text", "text": "Run an action"},
+            "root_view_id": "V1", "previous_view_id": null, "app_id": "A1", "external_id": "",
+            "bot_id": "B1", "clear_on_close": false, "notify_on_close": false
+        },
+        "response_urls": [],
+        "is_enterprise_install": false,
+        "enterprise": null
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
