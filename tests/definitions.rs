@@ -173,7 +173,13 @@ fn the_slack_manifest_points_slack_at_this_bot() {
     );
     assert_eq!(
         manifest["oauth_config"]["scopes"]["bot"],
-        json!(["commands", "chat:write", "chat:write.public"])
+        json!([
+            "commands",
+            "chat:write",
+            "chat:write.public",
+            "channels:join",
+            "im:write"
+        ])
     );
     let plain = Command::new(common::binary())
         .args(["slack-manifest", "--url", "http://insecure"])

@@ -650,3 +650,65 @@ async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
         0
     );
 }
+
+#[tokio::test]
+async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    fake.not_in.lock().unwrap().insert("C123".into());
+    command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        calls = fake.calls();
+        if calls
+            .iter()
+            .any(|c| c.body["blocks"].to_string().contains("your run ended"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(calls
+        .iter()
+        .any(|c| c.method == "conversations.join" && c.body["channel"] == "C123"));
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123"),
+        "{calls:?}"
+    );
+
+    // A private channel cannot be joined: the card and its thread go to the requester.
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    fake.not_in.lock().unwrap().insert("C123".into());
+    fake.private.lock().unwrap().insert("C123".into());
+    command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
+    let mut calls = Vec::new();
+    for _ in 0..100 {
+        calls = fake.calls();
+        if calls
+            .iter()
+            .any(|c| c.body["blocks"].to_string().contains("your run ended"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let in_dm: Vec<&common::SlackCall> = calls
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "DUDEV")
+        .collect();
+    assert!(in_dm.len() >= 2, "{calls:?}");
+    assert!(
+        in_dm[0].body["blocks"]
+            .to_string()
+            .contains("I can't post in <#C123>"),
+        "{:?}",
+        in_dm[0]
+    );
+    assert!(in_dm
+        .iter()
+        .skip(1)
+        .all(|c| c.body.get("thread_ts").is_some()));
+}

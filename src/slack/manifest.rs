@@ -3,9 +3,16 @@
 
 use serde_json::{json, Value};
 
-/// The bot scopes portbot uses: the slash command, posting and updating messages (also in
-/// public channels it has not joined) and ephemeral refusals.
-pub const BOT_SCOPES: &[&str] = &["commands", "chat:write", "chat:write.public"];
+/// The bot scopes portbot uses: the slash command; posting and updating messages (also in
+/// public channels it has not joined) and ephemeral refusals; joining a public channel where a
+/// command was typed; and a direct message to the requester where it cannot post.
+pub const BOT_SCOPES: &[&str] = &[
+    "commands",
+    "chat:write",
+    "chat:write.public",
+    "channels:join",
+    "im:write",
+];
 
 /// The manifest for a bot reachable at `base` (e.g. `https://portbot.example.com`).
 pub fn manifest(base: &str, command: &str) -> Value {

@@ -55,9 +55,14 @@ impl Deliver for Threads {
             events,
             reference,
         } = self.poster.app.outbox_pending(CONSUMER, id)?;
-        let Some(channel) = run.channel.clone().filter(|_| !events.is_empty()) else {
+        let Some(requested_in) = run.channel.clone().filter(|_| !events.is_empty()) else {
             return Ok(());
         };
+        // Where the card went: the channel of the command, or a direct message (see `place_card`).
+        let mut channel = reference
+            .as_ref()
+            .and_then(|r| r["channel"].as_str())
+            .map_or(requested_in.clone(), str::to_owned);
         let mut card = reference
             .as_ref()
             .and_then(|r| r["card_ts"].as_str())
@@ -65,10 +70,8 @@ impl Deliver for Threads {
         let mut rest = events.as_slice();
         if card.is_none() {
             // The card stands for the run's creation (its first event).
-            let mut message = self.poster.render("run_card", &card_data(&run))?;
-            message["channel"] = json!(channel);
-            let posted = self.poster.post("chat.postMessage", &message).await?;
-            let ts = posted["ts"].as_str().unwrap_or_default().to_owned();
+            let (posted_in, ts) = self.place_card(&run, &requested_in).await?;
+            channel = posted_in;
             let (first, others) = rest.split_first().expect("there are events");
             let reference = json!({"channel": channel, "card_ts": ts});
             self.poster
@@ -96,6 +99,71 @@ impl Deliver for Threads {
         }
         Ok(())
     }
+}
+
+impl Threads {
+    /// Posts the card in the channel of the command. When the bot is not in it, it joins (a
+    /// public channel); when it cannot (a private channel, a DM), the card goes to the
+    /// requester as a direct message that says how to invite the bot, so no run is left
+    /// without a thread. Returns the channel and the card's `ts`.
+    async fn place_card(&self, run: &Run, channel: &str) -> Result<(String, String), AppError> {
+        let mut card = self.poster.render("run_card", &card_data(run))?;
+        card["channel"] = json!(channel);
+        self.poster.pace.slot(channel).await;
+        let refusal = match self.poster.api.call("chat.postMessage", &card).await {
+            Ok(answer) => return Ok((channel.to_owned(), ts_of(&answer))),
+            Err(SlackApiError::Refused { error, .. })
+                if error == "not_in_channel" || error == "channel_not_found" =>
+            {
+                error
+            }
+            Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
+                // Paced and retried like any post.
+                let answer = self.poster.post("chat.postMessage", &card).await?;
+                return Ok((channel.to_owned(), ts_of(&answer)));
+            }
+            Err(error) => return Err(AppError::Delivery(error.to_string())),
+        };
+        if refusal == "not_in_channel"
+            && self
+                .poster
+                .api
+                .call("conversations.join", &json!({"channel": channel}))
+                .await
+                .is_ok()
+        {
+            let answer = self.poster.post("chat.postMessage", &card).await?;
+            return Ok((channel.to_owned(), ts_of(&answer)));
+        }
+        let user = run
+            .created_by
+            .as_str()
+            .strip_prefix("slack:")
+            .unwrap_or_default();
+        let opened = self
+            .poster
+            .post("conversations.open", &json!({"users": user}))
+            .await?;
+        let direct = opened["channel"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut data = card_data(run);
+        data["unreachable_channel"] =
+            json!(if channel.chars().all(|c| c.is_ascii_alphanumeric()) {
+                format!("<#{channel}>")
+            } else {
+                slack_json_escape(channel)
+            });
+        let mut card = self.poster.render("run_card", &data)?;
+        card["channel"] = json!(direct);
+        let answer = self.poster.post("chat.postMessage", &card).await?;
+        Ok((direct, ts_of(&answer)))
+    }
+}
+
+fn ts_of(answer: &Value) -> String {
+    answer["ts"].as_str().unwrap_or_default().to_owned()
 }
 
 impl Poster {

@@ -349,6 +349,10 @@ pub struct FakeSlack {
     pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer this many next calls with HTTP 503.
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Channels the bot is not in: posts get `not_in_channel` until it joins.
+    pub not_in: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Channels the bot cannot join (private ones).
+    pub private: Arc<Mutex<std::collections::HashSet<String>>>,
     last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
@@ -365,6 +369,8 @@ impl FakeSlack {
             throttle_next: Arc::default(),
             refuse_next: Arc::default(),
             fail_next: Arc::default(),
+            not_in: Arc::default(),
+            private: Arc::default(),
             last_post: Arc::default(),
         };
         let state = fake.clone();
@@ -398,11 +404,32 @@ impl FakeSlack {
                             return axum::Json(json!({"ok": false, "error": "internal_error"}))
                                 .into_response();
                         }
+                        let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+                        let refuse = |error: &str| {
+                            axum::Json(json!({"ok": false, "error": error})).into_response()
+                        };
+                        if method == "conversations.join" {
+                            if state.private.lock().unwrap().contains(&channel) {
+                                return refuse("method_not_supported_for_channel_type");
+                            }
+                            state.not_in.lock().unwrap().remove(&channel);
+                        }
+                        if method == "conversations.open" {
+                            let user = body["users"].as_str().unwrap_or_default();
+                            return axum::Json(
+                                json!({"ok": true, "channel": {"id": format!("D{user}")}}),
+                            )
+                            .into_response();
+                        }
+                        if method == "chat.postMessage"
+                            && state.not_in.lock().unwrap().contains(&channel)
+                        {
+                            return refuse("not_in_channel");
+                        }
                         let throttled = state
                             .throttle_next
                             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
                             .is_ok();
-                        let channel = body["channel"].as_str().unwrap_or_default().to_owned();
                         let too_fast = method == "chat.postMessage" && {
                             let mut last = state.last_post.lock().unwrap();
                             let now = std::time::Instant::now();
