@@ -712,3 +712,71 @@ async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
         .skip(1)
         .all(|c| c.body.get("thread_ts").is_some()));
 }
+
+#[tokio::test]
+async fn declining_asks_for_a_reason_that_reaches_the_requester() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(
+        post_interaction(&app, &click("UOPS", "decline", &run)).await,
+        200
+    );
+    let open = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "views.open")
+        .expect("a reason form");
+    assert_eq!(open.body["trigger_id"], "123.456.def");
+    assert_eq!(open.body["view"]["private_metadata"], run);
+    assert_eq!(
+        app.run(&run).await["status"],
+        "WAITING_FOR_APPROVAL",
+        "nothing is decided before the form"
+    );
+
+    let mut payload: Value = serde_json::from_str(
+        &serde_urlencoded::from_str::<Vec<(String, String)>>(&submission(
+            "UOPS",
+            &run,
+            json!({"reason": {"value": {"type": "plain_text_input", "value": "too big for now"}}}),
+        ))
+        .unwrap()[0]
+            .1,
+    )
+    .unwrap();
+    payload["view"]["callback_id"] = json!("portbot_decline");
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    let (status, reply) = post_interaction_reply(&app, &body).await;
+    assert_eq!((status, reply.as_str()), (200, ""));
+    let declined = app.run(&run).await;
+    assert_eq!(declined["status"], "DECLINED");
+    assert_eq!(
+        declined["approval"]["decisions"][0]["description"],
+        "too big for now"
+    );
+    let mut thread = String::new();
+    for _ in 0..100 {
+        thread = fake
+            .calls()
+            .iter()
+            .filter(|c| c.body["channel"] == "C123")
+            .map(|c| c.body["blocks"].to_string())
+            .collect();
+        if thread.contains("your run ended") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        thread.contains("Declined by <@UOPS>: too big for now"),
+        "{thread}"
+    );
+    assert!(
+        thread.contains("<@UDEV> your run ended: *DECLINED*"),
+        "{thread}"
+    );
+}

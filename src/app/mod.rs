@@ -222,16 +222,34 @@ impl App {
         description: Option<String>,
     ) -> Result<Run, AppError> {
         self.mutate_run(id, |app, run| {
-            let action = app.inner.actions.get(&run.action.identifier);
-            let nobody = Default::default();
-            let rules = ApprovalRules {
-                approvers: action.map_or(&nobody, |a| &a.permissions.approve),
-                directory: &app.inner.directory,
-                allow_self_approval: action.is_some_and(|a| a.allow_self_approval),
-            };
-            Ok(run.decide(who, decision, description, &rules, Utc::now())?)
+            app.apply_decision(run, who, decision, description)
         })
         .await
+    }
+
+    /// Whether `who` may decide on the run now (a decision tried on a copy, not stored): for
+    /// asking a decliner for a reason before the decline is made.
+    pub fn may_decide(&self, who: &Identity, id: &RunId) -> Result<(), AppError> {
+        let mut copy = self.run(id)?;
+        self.apply_decision(&mut copy, who, Decision::Decline, None)
+            .map(|_| ())
+    }
+
+    fn apply_decision(
+        &self,
+        run: &mut Run,
+        who: &Identity,
+        decision: Decision,
+        description: Option<String>,
+    ) -> Result<Vec<EventKind>, AppError> {
+        let action = self.inner.actions.get(&run.action.identifier);
+        let nobody = Default::default();
+        let rules = ApprovalRules {
+            approvers: action.map_or(&nobody, |a| &a.permissions.approve),
+            directory: &self.inner.directory,
+            allow_self_approval: action.is_some_and(|a| a.allow_self_approval),
+        };
+        Ok(run.decide(who, decision, description, &rules, Utc::now())?)
     }
 
     /// Appends a log line; with `termination` the run also ends (Port's `terminationStatus`).

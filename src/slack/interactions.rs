@@ -1,7 +1,8 @@
 //! `POST /slack/interactions`: the `Approve` and `Decline` buttons of approval requests.
 //!
 //! The click is decided under the same rules as everywhere (the app's `decide`), and Slack gets
-//! its 200 at once. Whoever may not decide gets an ephemeral refusal (`chat.postEphemeral`,
+//! its 200 at once. `Decline` first asks a permitted decliner for an optional reason (a modal);
+//! the decline is made when it is submitted. Whoever may not decide gets an ephemeral refusal (`chat.postEphemeral`,
 //! sent after the ack so a slow Slack never delays it); the request message itself is updated
 //! by the approvals consumer once the decision is stored.
 
@@ -23,6 +24,8 @@ use crate::core::run::Decision;
 /// The action ids of the buttons in `approval_request.hbs`.
 const APPROVE: &str = "approve";
 const DECLINE: &str = "decline";
+/// The `callback_id` of the reason form a decliner gets.
+const DECLINE_CALLBACK_ID: &str = "portbot_decline";
 
 #[derive(Deserialize)]
 struct Form {
@@ -36,6 +39,8 @@ struct BlockActions {
     kind: String,
     user: User,
     channel: Option<Channel>,
+    #[serde(default)]
+    trigger_id: String,
     #[serde(default)]
     actions: Vec<ButtonAction>,
 }
@@ -71,8 +76,14 @@ pub(super) async fn interactions(
     let Some(payload) = payload else {
         return (StatusCode::BAD_REQUEST, "not an interaction payload").into_response();
     };
-    if payload["type"] == "view_submission" && payload["view"]["callback_id"] == CALLBACK_ID {
-        return submit_form(&state, &payload).await;
+    if payload["type"] == "view_submission" {
+        let callback = &payload["view"]["callback_id"];
+        if callback == CALLBACK_ID {
+            return submit_form(&state, &payload).await;
+        }
+        if callback == DECLINE_CALLBACK_ID {
+            return submit_decline(&state, &payload).await;
+        }
     }
     let Ok(payload) = serde_json::from_value::<BlockActions>(payload) else {
         // Interactions portbot does not use are acknowledged and ignored.
@@ -97,22 +108,98 @@ pub(super) async fn interactions(
     ) else {
         return (StatusCode::BAD_REQUEST, "unknown user or run").into_response();
     };
-    if let Err(error) = state.app.decide(&who, &run, decision, None).await {
-        if let Some(channel) = payload.channel {
-            let refusal = json!({
-                "channel": channel.id,
-                "user": payload.user.id,
-                "text": error.to_string(),
-            });
-            let api = state.api.clone();
-            tokio::spawn(async move {
-                if let Err(error) = api.call("chat.postEphemeral", &refusal).await {
-                    tracing::warn!(%error, "could not tell a Slack user why their click was refused");
+    let channel = payload.channel.map(|c| c.id).unwrap_or_default();
+    let tell = |error: AppError| refuse(&state, &channel, &payload.user.id, error.to_string());
+    if decision == Decision::Decline {
+        // A permitted decliner is asked for a reason first; the decline happens on submit.
+        match state.app.may_decide(&who, &run) {
+            Err(error) => tell(error),
+            Ok(()) => match open_decline_form(&state, &payload.trigger_id, &run).await {
+                Ok(()) => {}
+                Err(why) => {
+                    tracing::warn!(%why, "no reason form; declining without a reason");
+                    if let Err(error) = state.app.decide(&who, &run, decision, None).await {
+                        tell(error);
+                    }
                 }
-            });
+            },
         }
+    } else if let Err(error) = state.app.decide(&who, &run, decision, None).await {
+        tell(error);
     }
     StatusCode::OK.into_response()
+}
+
+/// Tells a Slack user, privately, why their click did nothing; sent after the ack.
+fn refuse(state: &SlackState, channel: &str, user: &str, text: String) {
+    if channel.is_empty() {
+        return;
+    }
+    let refusal = json!({"channel": channel, "user": user, "text": text});
+    let api = state.api.clone();
+    tokio::spawn(async move {
+        if let Err(error) = api.call("chat.postEphemeral", &refusal).await {
+            tracing::warn!(%error, "could not tell a Slack user why their click was refused");
+        }
+    });
+}
+
+/// The form that asks a decliner for a reason.
+async fn open_decline_form(
+    state: &SlackState,
+    trigger_id: &str,
+    run: &RunId,
+) -> Result<(), String> {
+    let run = state.app.run(run).map_err(|e| e.to_string())?;
+    let mut data = super::thread::card_data(&run);
+    data["callback_id"] = json!(DECLINE_CALLBACK_ID);
+    let view = state
+        .messages
+        .render("decline_modal", &data)
+        .map_err(|e| e.to_string())?;
+    state
+        .api
+        .call(
+            "views.open",
+            &json!({"trigger_id": trigger_id, "view": view}),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A submitted reason form: the decline, with the reason as its description.
+async fn submit_decline(state: &SlackState, payload: &Value) -> Response {
+    let view = &payload["view"];
+    let reason = view["state"]["values"]["reason"]["value"]["value"]
+        .as_str()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    let who = Identity::try_from(format!(
+        "slack:{}",
+        payload["user"]["id"].as_str().unwrap_or_default()
+    ));
+    let run = RunId::try_from(
+        view["private_metadata"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let (Ok(who), Ok(run)) = (who, run) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    match state
+        .app
+        .decide(&who, &run, Decision::Decline, reason)
+        .await
+    {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(error) => {
+            Json(json!({"response_action": "errors", "errors": {"reason": error.to_string()}}))
+                .into_response()
+        }
+    }
 }
 
 /// A submitted form for missing inputs: the command's inputs plus the form's, checked as one
