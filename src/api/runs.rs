@@ -1,8 +1,9 @@
 //! Tokens, actions and runs: `/v1/auth`, `/v1/actions`, `/v1/actions/runs/...`.
 
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::auth::{issue, Caller};
@@ -14,14 +15,45 @@ use crate::core::run::{Decision, EventKind, Run, RunStatus};
 
 type Reply = Result<Json<Value>, ApiError>;
 
-/// A run in Port's shape, with `requiredApproval` as Port writes it.
+/// A run in Port's shape: the run, with `requiredApproval` as Port writes it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView<'a> {
+    #[serde(flatten)]
+    run: &'a Run,
+    required_approval: Value,
+}
+
+impl<'a> RunView<'a> {
+    pub fn new(run: &'a Run) -> RunView<'a> {
+        RunView {
+            run,
+            required_approval: match &run.approval {
+                Some(approval) => json!({"type": approval.policy}),
+                None => Value::Bool(false),
+            },
+        }
+    }
+}
+
+/// A run in Port's shape, as a JSON value (for templates).
 pub fn run_json(run: &Run) -> Value {
-    let mut value = serde_json::to_value(run).expect("runs serialise");
-    value["requiredApproval"] = match &run.approval {
-        Some(approval) => json!({"type": approval.policy}),
-        None => Value::Bool(false),
-    };
-    value
+    serde_json::to_value(RunView::new(run)).expect("runs serialise")
+}
+
+/// `{"ok": true, "run": ...}`, serialised straight from the run (the hot path of the API).
+#[derive(Serialize)]
+pub struct RunReply<'a> {
+    ok: bool,
+    run: RunView<'a>,
+}
+
+fn run_reply(run: &Run) -> Result<Response, ApiError> {
+    Ok(Json(RunReply {
+        ok: true,
+        run: RunView::new(run),
+    })
+    .into_response())
 }
 
 fn run_id(raw: String) -> Result<RunId, ApiError> {
@@ -78,7 +110,7 @@ pub async fn create(
     caller: Caller,
     Path(action): Path<String>,
     Body(body): Body<CreateRun>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let inputs = if body.inputs_as_text {
         let pairs = body.properties.into_iter().map(|(k, v)| {
@@ -103,7 +135,7 @@ pub async fn create(
             None,
         )
         .await?;
-    Ok(ok(json!({ "run": run_json(&run) })))
+    run_reply(&run)
 }
 
 #[derive(Deserialize)]
@@ -140,9 +172,9 @@ pub async fn get_one(
     State(state): State<ApiState>,
     _caller: Caller,
     Path(id): Path<String>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     let run = state.app.run(&run_id(id)?)?;
-    Ok(ok(json!({ "run": run_json(&run) })))
+    run_reply(&run)
 }
 
 #[derive(Deserialize)]
@@ -167,7 +199,7 @@ pub async fn update(
     _caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<UpdateRun>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     let patch = RunPatch {
         status: body.status,
         status_label: body.status_label,
@@ -178,7 +210,7 @@ pub async fn update(
         summary: body.summary,
     };
     let run = state.app.update_run(&run_id(id)?, patch).await?;
-    Ok(ok(json!({ "run": run_json(&run) })))
+    run_reply(&run)
 }
 
 #[derive(Deserialize)]
@@ -194,7 +226,7 @@ pub async fn add_log(
     _caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<AddLog>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     let run = state
         .app
         .append_log(
@@ -204,7 +236,7 @@ pub async fn add_log(
             body.status_label,
         )
         .await?;
-    Ok(ok(json!({ "run": run_json(&run) })))
+    run_reply(&run)
 }
 
 #[derive(Deserialize)]
@@ -256,7 +288,7 @@ pub async fn decide(
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<DecideBody>,
-) -> Reply {
+) -> Result<Response, ApiError> {
     caller.require_admin()?;
     let run = state
         .app
@@ -267,5 +299,5 @@ pub async fn decide(
             body.description,
         )
         .await?;
-    Ok(ok(json!({ "run": run_json(&run) })))
+    run_reply(&run)
 }
