@@ -176,8 +176,14 @@ async fn answer(
             match created {
                 Ok(run) => Reply::Message(
                     "run_created",
+                    // Only what the answer shows: it is rendered on the ack's path.
                     json!({
-                        "run": run_json(&run),
+                        "run": {
+                            "id": run.id,
+                            "status": run.status,
+                            "action": {"title": run.action.title},
+                            "entity": run.entity.as_ref().map(|e| json!({"identifier": e.identifier})),
+                        },
                         "waiting": run.status == RunStatus::WaitingForApproval,
                         "command": state.command,
                     }),

@@ -5,7 +5,7 @@
 //! which rules out testing against Slack's published example, and this one also refuses a
 //! signature seen before (a replay inside the window).
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
@@ -30,8 +30,16 @@ pub enum SignatureError {
 
 pub struct Verifier {
     secret: Secret,
-    /// Signatures accepted within the window, with their timestamps.
-    seen: Mutex<HashMap<String, i64>>,
+    seen: Mutex<Seen>,
+}
+
+/// Signatures accepted within the window. Pruned from the front as they expire, so a check
+/// costs the same however many are kept.
+#[derive(Default)]
+struct Seen {
+    /// When each signature stops being acceptable (its timestamp + the window), in arrival order.
+    expiries: VecDeque<(i64, String)>,
+    signatures: HashSet<String>,
 }
 
 impl Verifier {
@@ -72,10 +80,18 @@ impl Verifier {
         mac.verify_slice(&given)
             .map_err(|_| SignatureError::Mismatch)?;
         let mut seen = self.seen.lock().expect("replay cache poisoned");
-        seen.retain(|_, t| (now - *t).abs() <= WINDOW_SECONDS);
-        if seen.insert(signature.to_owned(), at).is_some() {
+        while let Some((expiry, _)) = seen.expiries.front() {
+            if *expiry >= now {
+                break;
+            }
+            let (_, gone) = seen.expiries.pop_front().expect("just looked");
+            seen.signatures.remove(&gone);
+        }
+        if !seen.signatures.insert(signature.to_owned()) {
             return Err(SignatureError::Replayed);
         }
+        seen.expiries
+            .push_back((at + WINDOW_SECONDS, signature.to_owned()));
         Ok(())
     }
 }
