@@ -5,7 +5,7 @@
 mod common;
 
 use common::slack::{click, form, signature, submission};
-use common::{FakeSlack, TestApp};
+use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-signing-secret";
@@ -202,13 +202,7 @@ async fn forged_stale_and_replayed_requests_are_refused_and_store_nothing() {
 
 /// Waits (up to 10 s) until the fake Slack got `count` calls.
 async fn calls_until(fake: &FakeSlack, count: usize) -> Vec<common::SlackCall> {
-    for _ in 0..100 {
-        if fake.calls().len() >= count {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    fake.calls()
+    fake.calls_when(|calls| calls.len() >= count).await
 }
 
 #[tokio::test]
@@ -303,20 +297,8 @@ async fn a_rate_limited_slack_is_waited_out_and_nothing_is_lost() {
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
     app.wait_for(&run, "SUCCESS").await;
-    let mut thread = String::new();
-    for _ in 0..100 {
-        thread = fake
-            .calls()
-            .iter()
-            .filter(|c| c.body["channel"] == "C123")
-            .map(|c| c.body["blocks"].to_string())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if thread.contains("your run ended") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let thread = fake.text_in("C123");
     assert!(
         thread.contains("Scaffold a service") && thread.contains("your run ended: *SUCCESS*"),
         "{thread}"
@@ -657,17 +639,7 @@ async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
     let app = slack_app_with(&fake).await;
     fake.not_in.lock().unwrap().insert("C123".into());
     command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
-    let mut calls = Vec::new();
-    for _ in 0..100 {
-        calls = fake.calls();
-        if calls
-            .iter()
-            .any(|c| c.body["blocks"].to_string().contains("your run ended"))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
     assert!(calls
         .iter()
         .any(|c| c.method == "conversations.join" && c.body["channel"] == "C123"));
@@ -684,17 +656,7 @@ async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
     fake.not_in.lock().unwrap().insert("C123".into());
     fake.private.lock().unwrap().insert("C123".into());
     command(&app, "UDEV", "scaffold-service name=billing system=Cart").await;
-    let mut calls = Vec::new();
-    for _ in 0..100 {
-        calls = fake.calls();
-        if calls
-            .iter()
-            .any(|c| c.body["blocks"].to_string().contains("your run ended"))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
     let in_dm: Vec<&common::SlackCall> = calls
         .iter()
         .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "DUDEV")
@@ -758,19 +720,8 @@ async fn declining_asks_for_a_reason_that_reaches_the_requester() {
         declined["approval"]["decisions"][0]["description"],
         "too big for now"
     );
-    let mut thread = String::new();
-    for _ in 0..100 {
-        thread = fake
-            .calls()
-            .iter()
-            .filter(|c| c.body["channel"] == "C123")
-            .map(|c| c.body["blocks"].to_string())
-            .collect();
-        if thread.contains("your run ended") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let thread = fake.text_in("C123");
     assert!(
         thread.contains("Declined by <@UOPS>: too big for now"),
         "{thread}"

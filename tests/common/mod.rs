@@ -473,4 +473,35 @@ impl FakeSlack {
     pub fn calls(&self) -> Vec<SlackCall> {
         self.calls.lock().unwrap().clone()
     }
+
+    /// The calls so far, once `done` holds for them (or after 10 s, for the test to judge).
+    pub async fn calls_when(&self, done: impl Fn(&[SlackCall]) -> bool) -> Vec<SlackCall> {
+        for _ in 0..100 {
+            let calls = self.calls();
+            if done(&calls) {
+                return calls;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.calls()
+    }
+
+    /// Everything posted to `channel`, blocks as JSON text, one call a line.
+    pub fn text_in(&self, channel: &str) -> String {
+        self.calls()
+            .iter()
+            .filter(|c| c.body["channel"] == channel)
+            .map(|c| c.body["blocks"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
+
+/// Whether any call's blocks contain `text`.
+pub fn mentions(calls: &[SlackCall], text: &str) -> bool {
+    calls
+        .iter()
+        .any(|c| c.body["blocks"].to_string().contains(text))
+}
+
+impl FakeSlack {}
