@@ -17,6 +17,10 @@
 //! `BENCH_DRAIN_SECONDS` [60] longest wait for the dispatcher to catch up, `BENCH_DIR` where the
 //! temporary store goes [the system temp dir]. Nothing leaves 127.0.0.1.
 
+mod support;
+
+use support::{clock_ticks, copy_dir, env_u64, percentile_ms, verdict};
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::os::unix::fs::MetadataExt;
@@ -41,17 +45,6 @@ const COMPLETE_BODY: &[u8] = br#"{"status":"SUCCESS"}"#;
 const TARGET_CREATES_PER_SEC: f64 = 10_000.0;
 const TARGET_P99_MS: f64 = 10.0;
 const TARGET_RSS_MB: f64 = 100.0;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
-
 struct Knobs {
     seconds: u64,
     warmup: u64,
@@ -74,17 +67,6 @@ impl Knobs {
 
 // ---------------------------------------------------------------------------------------------
 // Process accounting (Linux /proc and getrusage).
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
 /// utime + stime of a process, in seconds.
 fn proc_cpu_seconds(pid: u32) -> f64 {
     let (user, system) = proc_cpu_split(pid);
@@ -162,20 +144,6 @@ fn free_port() -> u16 {
         .expect("a free local port")
         .port()
 }
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// The catalog the server loads: the shipped blueprints and entities plus one webhook action.
 fn write_catalog(root: &Path, hook_url: &str) -> PathBuf {
     let crate_root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -643,15 +611,6 @@ async fn drain(hooks: &Hooks, server_pid: u32, limit: Duration) -> (f64, f64) {
         proc_cpu_seconds(server_pid) - cpu0,
     )
 }
-
-fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
-}
-
 /// One throughput phase, measured.
 struct PhaseResult {
     name: &'static str,
@@ -759,15 +718,6 @@ fn ms(v: f64) -> String {
         format!("{v:.2}")
     }
 }
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
 struct MemoryResult {
     runs_stored: u64,
     fill_rate: f64,

@@ -21,6 +21,10 @@
 //! Run with `cargo bench --bench slack_commands` (about 25 s). Knobs (defaults in brackets):
 //! `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].
 
+mod support;
+
+use support::{clock_ticks, copy_dir, env_u64, percentile_ms, verdict};
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -51,17 +55,6 @@ const LOAD_THREADS: &str = "load-";
 
 const TARGET_SHARE: f64 = 0.35;
 const TARGET_P99_MS: f64 = 10.0;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
-
 struct Knobs {
     seconds: u64,
     warmup: u64,
@@ -80,17 +73,6 @@ impl Knobs {
 
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc.
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
-}
-
 /// (command name, utime + stime in seconds) from a `stat` file's text.
 fn parse_stat(stat: &str) -> Option<(String, f64)> {
     let open = stat.find('(')?;
@@ -246,20 +228,6 @@ async fn start_fake_slack(seen: Arc<FakeSlack>) -> String {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{addr}/api/")
 }
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Builds and starts portbot (on the current runtime); returns where it listens.
 async fn start_portbot(dir: &Path, api_url: String) -> SocketAddr {
     let crate_root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -429,15 +397,6 @@ impl Phase {
         self.process_cpu - self.load_cpu
     }
 }
-
-fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
-}
-
 async fn phase(
     name: &'static str,
     http: &reqwest::Client,
@@ -491,15 +450,6 @@ async fn phase(
 }
 
 // ---------------------------------------------------------------------------------------------
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
 fn main() {
     let knobs = Knobs::from_env();
     // portbot's Slack client honours proxy variables; the fake Slack is local. (Set before any

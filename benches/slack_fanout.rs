@@ -6,6 +6,10 @@
 //! Run with `cargo bench --bench slack_fanout` (about 10 s). `FANOUT_RUNS` and `FANOUT_LINES`
 //! change the size. Everything runs in this process on 127.0.0.1.
 
+mod support;
+
+use support::{copy_dir, env_u64};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -71,18 +75,10 @@ async fn fake_slack(seen: Arc<Mutex<Seen>>) -> String {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{addr}/api/")
 }
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let runs = env_usize("FANOUT_RUNS", 200);
-    let lines = env_usize("FANOUT_LINES", 50);
+    let runs = env_u64("FANOUT_RUNS", 200) as usize;
+    let lines = env_u64("FANOUT_LINES", 50) as usize;
     let dir = tempfile::tempdir().unwrap();
     let crate_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::env::set_current_dir(crate_root).unwrap();
@@ -225,17 +221,4 @@ async fn main() {
         "| drain / bound | {:.2} |",
         drain.as_secs_f64() / bound.as_secs_f64().max(1.0)
     );
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
