@@ -1,8 +1,8 @@
 //! Backends: what runs an action once its run may start.
 //!
-//! The dispatcher is an outbox consumer. When a run's `Started` event is due it records the
-//! attempt durably, invokes the action's backend off the request path, and reports the outcome
-//! through the same [`App`] commands the runs API uses. At most `max_concurrent` runs are
+//! The dispatcher is an outbox consumer. When a run's `Started` event is due it invokes the
+//! action's backend off the request path (a command's attempt is recorded durably first), and
+//! reports the outcome through the same [`App`] commands the runs API uses. At most `max_concurrent` runs are
 //! handled at once; the others wait their turn. A run that ends while its command is still
 //! running (cancelled, or ended by a backend through the API) gets the command killed.
 //!

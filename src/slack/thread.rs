@@ -1,11 +1,12 @@
 //! The run card and its thread: the `slack` outbox consumer.
 //!
-//! For a run requested in Slack it posts the run card in the channel, then every later event as
-//! a reply in the card's thread (log lines that come together share one message), and updates
+//! For a run requested in Slack it posts the run card in the channel (joining it, or falling
+//! back to a direct message with the requester), then every later event as a reply in the
+//! card's thread (log lines that come together share one message), and updates
 //! the card to the run's current status. Each message's delivery is recorded before the next is
-//! sent, so after a crash at most the message in flight is sent again. While Slack rate-limits,
-//! the delivery waits as Slack asks; while it refuses or cannot be reached, the run stays due and
-//! is retried.
+//! sent, so after a crash at most the message in flight is sent again. Posts keep each channel's
+//! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks; while it refuses
+//! or cannot be reached, the run stays due and is retried with a backoff.
 
 use serde_json::{json, Value};
 

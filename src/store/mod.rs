@@ -1,5 +1,6 @@
-//! The only module that touches sled: runs, run events, the outbox, backend invocation marks
-//! and catalog entities, in one tree so that a [`Change`] is one atomic batch.
+//! The only module that touches sled: runs, run events, the outbox, backend invocation marks,
+//! chat forms and catalog entities, in one tree. A [`Change`] is one atomic record in the
+//! write-ahead log, so after a crash it is either wholly there or not at all.
 //!
 //! Writes become durable through a write-ahead log (`wal`), whose writer thread is sled's only
 //! writer: [`Store::commit`] returns once a change is logged, synced and applied, and changes
