@@ -72,6 +72,8 @@ pub struct SlackSettings {
     pub enabled: bool,
     pub bot_token: Option<Secret>,
     pub signing_secret: Option<Secret>,
+    /// An app-level token (`xapp-…`): receive commands and clicks over Socket Mode.
+    pub app_token: Option<Secret>,
     pub api_url: String,
     pub approval_channel: Option<String>,
     pub command: String,

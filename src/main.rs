@@ -58,11 +58,14 @@ enum Command {
     Serve,
     /// Validate settings, catalog, actions and templates; print every problem.
     Check,
-    /// Print the Slack app manifest for a bot reachable at URL.
+    /// Print the Slack app manifest for a bot reachable at URL (or for Socket Mode).
     SlackManifest {
         /// The bot's public base URL, e.g. https://portbot.example.com
-        #[arg(long)]
-        url: String,
+        #[arg(long, required_unless_present = "socket_mode")]
+        url: Option<String>,
+        /// For Socket Mode (slack.app_token), where Slack needs no URL.
+        #[arg(long, conflicts_with = "url")]
+        socket_mode: bool,
     },
     /// Request a run: portbot run ACTION [ENTITY] [key=value ...]
     Run {
@@ -109,7 +112,7 @@ async fn main() -> ExitCode {
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(args.config).await,
         Command::Check => check(args.config),
-        Command::SlackManifest { url } => slack_manifest(args.config, &url),
+        Command::SlackManifest { url, .. } => slack_manifest(args.config, url.as_deref()),
         client_command => run_client(args.config, args.client, client_command).await,
     };
     match result {
@@ -151,9 +154,9 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn slack_manifest(config: Option<PathBuf>, url: &str) -> anyhow::Result<ExitCode> {
-    if !url.starts_with("https://") {
-        anyhow::bail!("Slack only calls https URLs: give --url https://...");
+fn slack_manifest(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<ExitCode> {
+    if url.is_some_and(|u| !u.starts_with("https://")) {
+        anyhow::bail!("Slack only calls https URLs: give --url https://... (or --socket-mode)");
     }
     let settings = Settings::load(config.as_deref())?;
     let manifest = portbot::slack::manifest::manifest(url, &settings.slack.command);

@@ -146,13 +146,17 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
             settings.slack.max_concurrent,
         );
     }
-    Ok(slack::router(slack::SlackState {
+    let state = slack::SlackState {
         app: app.clone(),
         verifier: Arc::new(slack::Verifier::new(signing_secret)),
         messages,
         api,
         command: settings.slack.command.clone(),
-    }))
+    };
+    if let Some(app_token) = settings.slack.app_token.clone() {
+        slack::socket::spawn(state.clone(), app_token);
+    }
+    Ok(slack::router(state))
 }
 
 fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {

@@ -181,6 +181,13 @@ fn the_slack_manifest_points_slack_at_this_bot() {
             "im:write"
         ])
     );
+    let socket = Command::new(common::binary())
+        .args(["slack-manifest", "--socket-mode"])
+        .output()
+        .unwrap();
+    let socket: Value = serde_json::from_slice(&socket.stdout).unwrap();
+    assert_eq!(socket["settings"]["socket_mode_enabled"], true);
+    assert!(socket["features"]["slash_commands"][0].get("url").is_none());
     let plain = Command::new(common::binary())
         .args(["slack-manifest", "--url", "http://insecure"])
         .output()

@@ -16,6 +16,10 @@ use serde_json::json;
 const DEV: &str = "dev@example.com";
 const OPS: &str = "ops@example.com";
 
+/// The tests here start and kill real servers; one at a time keeps their timing (and their
+/// loopback ports) to themselves.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -60,6 +64,7 @@ async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, Strin
 
 #[tokio::test]
 async fn a_killed_bot_loses_nothing_and_resumes() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let hook_addr = free_addr();
     let webhook = action(
         "notify",
@@ -181,18 +186,36 @@ async fn post_slack(app: &TestApp, path: &str, body: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..150 {
+/// Waits up to 30 s for `check`; on time-out shows what the fake Slack got and the server log.
+async fn until(what: &str, fake: &FakeSlack, log: &Path, mut check: impl FnMut() -> bool) {
+    for _ in 0..300 {
         if check() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("timed out waiting for {what}");
+    let calls: Vec<String> = fake
+        .calls()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c.method,
+                c.body["channel"],
+                c.body.get("thread_ts").is_some()
+            )
+        })
+        .collect();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!(
+        "timed out waiting for {what}; Slack got:\n{}\nserver log:\n{log}",
+        calls.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn slack_steps_survive_a_kill() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::Ordering::SeqCst;
     let fake = FakeSlack::start().await;
     let dir = common::deployment(&[]);
@@ -261,9 +284,12 @@ async fn slack_steps_survive_a_kill() {
             .filter(|c| c.body["blocks"].to_string().contains(run))
             .count()
     };
-    until("the card and the approval request", || {
-        posted_about("C123", &first) == 1 && posted_about("CAPPROVE", &first) == 1
-    })
+    until(
+        "the card and the approval request",
+        &fake,
+        &dir.path().join("b.log"),
+        || posted_about("C123", &first) == 1 && posted_about("CAPPROVE", &first) == 1,
+    )
     .await;
 
     // The form opened before the kill can still be submitted.
@@ -293,13 +319,18 @@ async fn slack_steps_survive_a_kill() {
     .await;
     assert_eq!(status, 200);
     app.wait_for(&first, "SUCCESS").await;
-    until("the request updated after the restart", || {
-        fake.calls().iter().any(|c| {
-            c.method == "chat.update"
-                && c.body["channel"] == "CAPPROVE"
-                && c.body["blocks"].to_string().contains("Approved by <@UOPS>")
-        })
-    })
+    until(
+        "the request updated after the restart",
+        &fake,
+        &dir.path().join("c.log"),
+        || {
+            fake.calls().iter().any(|c| {
+                c.method == "chat.update"
+                    && c.body["channel"] == "CAPPROVE"
+                    && c.body["blocks"].to_string().contains("Approved by <@UOPS>")
+            })
+        },
+    )
     .await;
     assert_eq!(
         posted_about("C123", &first),

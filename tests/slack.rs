@@ -17,8 +17,16 @@ async fn slack_app() -> TestApp {
 }
 
 async fn slack_app_with(fake: &FakeSlack) -> TestApp {
+    slack_app_tweaked(fake, |_| {}).await
+}
+
+async fn slack_app_tweaked(
+    fake: &FakeSlack,
+    tweak: impl FnOnce(&mut portbot::config::Settings),
+) -> TestApp {
     let api_url = fake.api_url();
     TestApp::spawn_with(&[], move |settings| {
+        tweak(settings);
         settings.slack.enabled = true;
         settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
         settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
@@ -730,4 +738,75 @@ async fn declining_asks_for_a_reason_that_reaches_the_requester() {
         thread.contains("<@UDEV> your run ended: *DECLINED*"),
         "{thread}"
     );
+}
+
+#[tokio::test]
+async fn socket_mode_carries_commands_and_clicks() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let fake = FakeSlack::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    *fake.socket_url.lock().unwrap() =
+        Some(format!("ws://{}/link", listener.local_addr().unwrap()));
+    let app = slack_app_tweaked(&fake, |settings| {
+        settings.slack.app_token = Some(serde_json::from_value(json!("xapp-test")).unwrap());
+    })
+    .await;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    socket
+        .send(Message::text(
+            json!({"type": "hello", "num_connections": 1}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let form_json = |body: &str| -> Value {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
+        Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
+                .collect(),
+        )
+    };
+    let command = form_json(&form("UDEV", "add-documentdb mailer instances=2"));
+    let envelope = json!({"envelope_id": "e-1", "type": "slash_commands", "payload": command, "accepts_response_payload": true});
+    socket
+        .send(Message::text(envelope.to_string()))
+        .await
+        .unwrap();
+    let ack: Value = match socket.next().await.unwrap().unwrap() {
+        Message::Text(text) => serde_json::from_str(&text).unwrap(),
+        other => panic!("expected an ack, got {other:?}"),
+    };
+    assert_eq!(ack["envelope_id"], "e-1");
+    assert_eq!(ack["payload"]["response_type"], "ephemeral");
+    assert!(
+        ack["payload"]["blocks"]
+            .to_string()
+            .contains("WAITING_FOR_APPROVAL"),
+        "{ack}"
+    );
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["runs"][0]["createdBy"], "slack:UDEV");
+
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(&click("UOPS", "approve", &run)).unwrap();
+    let click_payload: Value = serde_json::from_str(&pairs[0].1).unwrap();
+    let envelope = json!({"envelope_id": "e-2", "type": "interactive", "payload": click_payload, "accepts_response_payload": false});
+    socket
+        .send(Message::text(envelope.to_string()))
+        .await
+        .unwrap();
+    let ack: Value = match socket.next().await.unwrap().unwrap() {
+        Message::Text(text) => serde_json::from_str(&text).unwrap(),
+        other => panic!("expected an ack, got {other:?}"),
+    };
+    assert_eq!(ack["envelope_id"], "e-2");
+    app.wait_for(&run, "SUCCESS").await;
+    assert!(fake
+        .calls()
+        .iter()
+        .any(|c| c.method == "apps.connections.open" && c.authorization == "Bearer xapp-test"));
 }

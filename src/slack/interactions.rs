@@ -76,6 +76,12 @@ pub(super) async fn interactions(
     let Some(payload) = payload else {
         return (StatusCode::BAD_REQUEST, "not an interaction payload").into_response();
     };
+    interaction_reply(&state, payload).await
+}
+
+/// The answer to an interaction payload, however it arrived (HTTP or Socket Mode).
+pub(super) async fn interaction_reply(state: &SlackState, payload: Value) -> Response {
+    let state = state.clone();
     if payload["type"] == "view_submission" {
         let callback = &payload["view"]["callback_id"];
         if callback == CALLBACK_ID {

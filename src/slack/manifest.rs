@@ -14,9 +14,21 @@ pub const BOT_SCOPES: &[&str] = &[
     "im:write",
 ];
 
-/// The manifest for a bot reachable at `base` (e.g. `https://portbot.example.com`).
-pub fn manifest(base: &str, command: &str) -> Value {
-    let base = base.trim_end_matches('/');
+/// The manifest for a bot reachable at `base` (e.g. `https://portbot.example.com`), or, with
+/// `base` `None`, for Socket Mode (no public URL).
+pub fn manifest(base: Option<&str>, command: &str) -> Value {
+    let mut manifest = over_http(base.unwrap_or_default().trim_end_matches('/'), command);
+    if base.is_none() {
+        manifest["settings"]["socket_mode_enabled"] = json!(true);
+        manifest["settings"]["interactivity"] = json!({"is_enabled": true});
+        if let Some(command) = manifest["features"]["slash_commands"][0].as_object_mut() {
+            command.remove("url");
+        }
+    }
+    manifest
+}
+
+fn over_http(base: &str, command: &str) -> Value {
     json!({
         "_metadata": {"major_version": 1, "minor_version": 1},
         "display_information": {

@@ -12,6 +12,7 @@ mod messages;
 mod modal;
 mod pace;
 mod signature;
+pub mod socket;
 pub mod thread;
 mod web_api;
 
@@ -62,9 +63,9 @@ pub fn router(state: SlackState) -> Router {
         .with_state(state)
 }
 
-/// A slash command's form fields (PROTOCOL-NOTES §1); the ones portbot does not use are left out.
+/// A slash command's form fields (HTTP) or payload (Socket Mode) (PROTOCOL-NOTES §1); the ones portbot does not use are left out.
 #[derive(Deserialize)]
-struct SlashCommand {
+pub(crate) struct SlashCommand {
     #[serde(default)]
     user_id: String,
     #[serde(default)]
@@ -100,6 +101,11 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
     let Ok(form) = serde_urlencoded::from_bytes::<SlashCommand>(&body) else {
         return (StatusCode::BAD_REQUEST, "not a slash command form").into_response();
     };
+    command_reply(&state, form).await
+}
+
+/// The answer to a slash command, however it arrived (HTTP or Socket Mode).
+async fn command_reply(state: &SlackState, form: SlashCommand) -> Response {
     if form.ssl_check.is_some() {
         return StatusCode::OK.into_response();
     }
@@ -107,10 +113,10 @@ async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Byt
         return (StatusCode::BAD_REQUEST, "no user_id").into_response();
     };
     let reply = match ChatCommand::parse(&form.text) {
-        Ok(command) => answer(&state, &who, &form, command).await,
+        Ok(command) => answer(state, &who, &form, command).await,
         Err(error) => Reply::Error(error.to_string()),
     };
-    reply.render(&state)
+    reply.render(state)
 }
 
 /// What the command answers, before rendering.

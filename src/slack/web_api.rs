@@ -42,6 +42,14 @@ impl SlackApi {
         }
     }
 
+    /// The same client with another token (the app-level token of Socket Mode).
+    pub fn with_token(&self, token: Secret) -> SlackApi {
+        SlackApi {
+            token,
+            ..self.clone()
+        }
+    }
+
     /// Calls a Web API method with a JSON body; the answer when Slack says `ok`.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackApiError> {
         let unreachable = |reason: String| SlackApiError::Unreachable {

@@ -353,6 +353,8 @@ pub struct FakeSlack {
     pub not_in: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Channels the bot cannot join (private ones).
     pub private: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// What `apps.connections.open` hands out (Socket Mode).
+    pub socket_url: Arc<Mutex<Option<String>>>,
     last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
@@ -371,6 +373,7 @@ impl FakeSlack {
             fail_next: Arc::default(),
             not_in: Arc::default(),
             private: Arc::default(),
+            socket_url: Arc::default(),
             last_post: Arc::default(),
         };
         let state = fake.clone();
@@ -413,6 +416,16 @@ impl FakeSlack {
                                 return refuse("method_not_supported_for_channel_type");
                             }
                             state.not_in.lock().unwrap().remove(&channel);
+                        }
+                        if method == "apps.connections.open" {
+                            let url = state.socket_url.lock().unwrap().clone();
+                            state.calls.lock().unwrap().push(SlackCall {
+                                method: method.clone(),
+                                authorization: header("authorization"),
+                                content_type: header("content-type"),
+                                body: body.clone(),
+                            });
+                            return axum::Json(json!({"ok": true, "url": url})).into_response();
                         }
                         if method == "conversations.open" {
                             let user = body["users"].as_str().unwrap_or_default();

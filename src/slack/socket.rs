@@ -1,0 +1,108 @@
+//! Socket Mode, for workspaces where Slack cannot reach portbot over HTTPS: with
+//! `slack.app_token` (`xapp-…`, scope `connections:write`) portbot opens a WebSocket to Slack
+//! (`apps.connections.open`) and receives the same slash commands and interactions there.
+//!
+//! Each envelope is answered by the same code as the HTTP endpoints, and acknowledged with its
+//! `envelope_id`, the answer as its `payload`. The socket is reopened whenever Slack closes it
+//! or asks to (`disconnect`), after a growing pause when opening fails.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::interactions::interaction_reply;
+use super::{command_reply, SlackState, SlashCommand};
+use crate::config::Secret;
+
+/// The longest pause before opening the socket again.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+/// Keeps a Socket Mode connection open until the process stops.
+pub fn spawn(state: SlackState, app_token: Secret) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match session(&state, &app_token).await {
+                Ok(()) => pause = Duration::from_millis(500),
+                Err(error) => {
+                    tracing::warn!(%error, ?pause, "Socket Mode connection failed; will retry");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+            }
+        }
+    });
+}
+
+/// One connection, until Slack closes it or asks for a new one.
+async fn session(state: &SlackState, app_token: &Secret) -> Result<(), String> {
+    let opened = state
+        .api
+        .with_token(app_token.clone())
+        .call("apps.connections.open", &json!({}))
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = opened["url"]
+        .as_str()
+        .ok_or("apps.connections.open gave no url")?;
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .map_err(|e| format!("cannot open the socket: {e}"))?;
+    let (mut outgoing, mut incoming) = socket.split();
+    let (acks, mut to_send) = mpsc::unbounded_channel::<String>();
+    loop {
+        tokio::select! {
+            message = incoming.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(envelope) = serde_json::from_str::<Value>(&text) else { continue };
+                    if envelope["type"] == "disconnect" {
+                        return Ok(());
+                    }
+                    // Answered off the read loop, so a slow answer holds up no other envelope.
+                    let (state, acks) = (state.clone(), acks.clone());
+                    tokio::spawn(async move {
+                        if let Some(ack) = answer(&state, envelope).await {
+                            let _ = acks.send(ack.to_string());
+                        }
+                    });
+                }
+                Some(Ok(Message::Ping(data))) => {
+                    outgoing.send(Message::Pong(data)).await.map_err(|e| e.to_string())?;
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error.to_string()),
+            },
+            Some(ack) = to_send.recv() => {
+                outgoing.send(Message::text(ack)).await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+}
+
+/// The acknowledgement of one envelope, with the answer as its payload; `None` for `hello`.
+async fn answer(state: &SlackState, envelope: Value) -> Option<Value> {
+    let id = envelope["envelope_id"].as_str()?.to_owned();
+    let payload = envelope["payload"].clone();
+    let response = match envelope["type"].as_str() {
+        Some("slash_commands") => match serde_json::from_value::<SlashCommand>(payload) {
+            Ok(form) => Some(command_reply(state, form).await),
+            Err(_) => None,
+        },
+        Some("interactive") => Some(interaction_reply(state, payload).await),
+        _ => None,
+    };
+    let mut ack = json!({ "envelope_id": id });
+    if let Some(response) = response {
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .ok()?;
+        if let Ok(body) = serde_json::from_slice::<Value>(&body) {
+            ack["payload"] = body;
+        }
+    }
+    Some(ack)
+}
