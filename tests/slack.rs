@@ -293,6 +293,11 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         0,
         "portbot kept Slack's pace per channel"
     );
+    assert_eq!(
+        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every message kept Slack's limits"
+    );
 }
 
 #[tokio::test]
@@ -508,6 +513,10 @@ async fn post_interaction_reply(app: &TestApp, body: &str) -> (u16, String) {
 async fn missing_inputs_open_a_form_whose_errors_show_in_place() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
+    fake.triggers
+        .lock()
+        .unwrap()
+        .insert("123.456.abc".into(), std::time::Instant::now());
     let (status, body) = post_signed(
         &app,
         &form("UDEV", "add-documentdb mailer"),
@@ -809,4 +818,21 @@ async fn socket_mode_carries_commands_and_clicks() {
         .calls()
         .iter()
         .any(|c| c.method == "apps.connections.open" && c.authorization == "Bearer xapp-test"));
+}
+
+#[tokio::test]
+async fn a_form_that_cannot_open_in_time_says_what_is_missing() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    // Slack's trigger_id lives 3 s; this one is already stale when the command arrives.
+    let stale = std::time::Instant::now() - std::time::Duration::from_secs(4);
+    fake.triggers
+        .lock()
+        .unwrap()
+        .insert("123.456.abc".into(), stale);
+    let reply = command(&app, "UDEV", "add-documentdb mailer").await;
+    let shown = all_text(&reply);
+    assert!(shown.contains("`instances` is required"), "{shown}");
+    assert!(shown.contains("The form could not be opened"), "{shown}");
+    assert_eq!(run_count(&app).await, 0);
 }

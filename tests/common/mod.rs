@@ -355,6 +355,10 @@ pub struct FakeSlack {
     pub private: Arc<Mutex<std::collections::HashSet<String>>>,
     /// What `apps.connections.open` hands out (Socket Mode).
     pub socket_url: Arc<Mutex<Option<String>>>,
+    /// Calls refused for breaking Slack's message limits (blocks, text lengths).
+    pub invalid: Arc<std::sync::atomic::AtomicUsize>,
+    /// When each `trigger_id` was handed out; `views.open` refuses one older than 3 s.
+    pub triggers: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
     last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
@@ -374,6 +378,8 @@ impl FakeSlack {
             not_in: Arc::default(),
             private: Arc::default(),
             socket_url: Arc::default(),
+            invalid: Arc::default(),
+            triggers: Arc::default(),
             last_post: Arc::default(),
         };
         let state = fake.clone();
@@ -426,6 +432,19 @@ impl FakeSlack {
                                 body: body.clone(),
                             });
                             return axum::Json(json!({"ok": true, "url": url})).into_response();
+                        }
+                        if let Some(problem) = limits_broken(&method, &body) {
+                            state.invalid.fetch_add(1, SeqCst);
+                            return refuse(&problem);
+                        }
+                        if method == "views.open" {
+                            let trigger = body["trigger_id"].as_str().unwrap_or_default();
+                            let issued = state.triggers.lock().unwrap().get(trigger).copied();
+                            if issued
+                                .is_some_and(|at| at.elapsed() > std::time::Duration::from_secs(3))
+                            {
+                                return refuse("expired_trigger_id");
+                            }
                         }
                         if method == "conversations.open" {
                             let user = body["users"].as_str().unwrap_or_default();
@@ -518,3 +537,33 @@ pub fn mentions(calls: &[SlackCall], text: &str) -> bool {
 }
 
 impl FakeSlack {}
+
+/// What Slack would refuse in a message or view: more than 50 blocks (100 in a modal), a
+/// section text over 3,000 characters, or a fallback text over 40,000.
+fn limits_broken(method: &str, body: &Value) -> Option<String> {
+    let blocks = match method {
+        "views.open" => &body["view"]["blocks"],
+        "chat.postMessage" | "chat.update" | "chat.postEphemeral" => &body["blocks"],
+        _ => return None,
+    };
+    let max_blocks = if method == "views.open" { 100 } else { 50 };
+    let blocks = blocks.as_array().map(Vec::as_slice).unwrap_or_default();
+    if blocks.len() > max_blocks {
+        return Some(format!("invalid_blocks: {} blocks", blocks.len()));
+    }
+    for block in blocks {
+        if block["text"]["text"]
+            .as_str()
+            .is_some_and(|t| t.chars().count() > 3000)
+        {
+            return Some("invalid_blocks: a section text over 3000 characters".into());
+        }
+    }
+    if body["text"]
+        .as_str()
+        .is_some_and(|t| t.chars().count() > 40_000)
+    {
+        return Some("msg_too_long".into());
+    }
+    None
+}
