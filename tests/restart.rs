@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::slack::{click, form, signature, submission};
+use common::slack::{click, form, send_signed, submission};
 use common::{action, free_addr, FakeSlack, Receiver, TestApp};
 use serde_json::json;
 
@@ -172,18 +172,7 @@ const SECRET: &str = "restart-signing-secret";
 
 /// Posts a signed Slack request; the status and body.
 async fn post_slack(app: &TestApp, path: &str, body: &str) -> (u16, String) {
-    let now = chrono::Utc::now().timestamp();
-    let response = app
-        .http
-        .post(format!("{}{path}", app.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", now.to_string())
-        .header("x-slack-signature", signature(SECRET, now, body))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
+    send_signed(app, path, body, chrono::Utc::now().timestamp(), SECRET).await
 }
 
 /// Waits up to 30 s for `check`; on time-out shows what the fake Slack got and the server log.

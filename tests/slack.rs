@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::slack::{click, form, signature, submission};
+use common::slack::{click, form, send_signed, signature, submission};
 use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
 
@@ -45,17 +45,7 @@ async fn slack_app_tweaked(
 }
 
 async fn post_signed(app: &TestApp, body: &str, timestamp: i64, secret: &str) -> (u16, String) {
-    let response = app
-        .http
-        .post(format!("{}/slack/commands", app.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", timestamp.to_string())
-        .header("x-slack-signature", signature(secret, timestamp, body))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
+    send_signed(app, "/slack/commands", body, timestamp, secret).await
 }
 
 async fn command(app: &TestApp, user: &str, text: &str) -> Value {
@@ -343,18 +333,7 @@ async fn runs_requested_through_the_api_get_an_approval_request_but_no_thread() 
 }
 
 async fn post_interaction(app: &TestApp, body: &str) -> u16 {
-    let now = chrono::Utc::now().timestamp();
-    app.http
-        .post(format!("{}/slack/interactions", app.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", now.to_string())
-        .header("x-slack-signature", signature(SECRET, now, body))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    post_interaction_reply(app, body).await.0
 }
 
 #[tokio::test]
@@ -496,17 +475,7 @@ fn request_ts(fake: &FakeSlack) -> String {
 
 async fn post_interaction_reply(app: &TestApp, body: &str) -> (u16, String) {
     let now = chrono::Utc::now().timestamp();
-    let response = app
-        .http
-        .post(format!("{}/slack/interactions", app.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("x-slack-request-timestamp", now.to_string())
-        .header("x-slack-signature", signature(SECRET, now, body))
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
+    send_signed(app, "/slack/interactions", body, now, SECRET).await
 }
 
 #[tokio::test]

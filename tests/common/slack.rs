@@ -5,6 +5,29 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use super::TestApp;
+
+/// Posts `body` to `path` signed as Slack signs it at `timestamp`; the status and the body.
+pub async fn send_signed(
+    app: &TestApp,
+    path: &str,
+    body: &str,
+    timestamp: i64,
+    secret: &str,
+) -> (u16, String) {
+    let response = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-slack-request-timestamp", timestamp.to_string())
+        .header("x-slack-signature", signature(secret, timestamp, body))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
 pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("v0:{timestamp}:{body}").as_bytes());
