@@ -568,6 +568,12 @@ impl App {
         })
     }
 
+    /// The context an action's templates are rendered over, with the run's entity as the
+    /// catalog has it now.
+    pub fn template_context(&self, run: &Run) -> Value {
+        run.template_context(self.run_entity(run, &self.catalog()).as_ref())
+    }
+
     fn run_entity(&self, run: &Run, catalog: &Catalog) -> Option<Entity> {
         run.entity
             .as_ref()

@@ -34,14 +34,7 @@ enum Ending {
 }
 
 pub(super) async fn run(dispatcher: &Dispatcher, run: &Run, cmd: &CommandInvocation) -> Outcome {
-    let entity = run.entity.as_ref().and_then(|e| {
-        dispatcher
-            .app
-            .catalog()
-            .entity(&run.blueprint, &e.identifier)
-            .cloned()
-    });
-    let context = run.template_context(entity.as_ref());
+    let context = dispatcher.app.template_context(run);
     let argv = match cmd
         .command
         .iter()

@@ -72,14 +72,7 @@ pub(super) async fn invoke(
     action: &Action,
     hook: &WebhookInvocation,
 ) -> Outcome {
-    let entity = run.entity.as_ref().and_then(|e| {
-        dispatcher
-            .app
-            .catalog()
-            .entity(&run.blueprint, &e.identifier)
-            .cloned()
-    });
-    let context = run.template_context(entity.as_ref());
+    let context = dispatcher.app.template_context(run);
     let rendered = (|| -> Result<_, template::TemplateError> {
         let url = template::render_text(&hook.url, &context)?;
         let body = match &hook.body {
