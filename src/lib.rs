@@ -1,10 +1,12 @@
 //! portbot: a ChatOps bot that brings an internal developer portal's self-service actions into
 //! chat. See README.md for the architecture; `core` holds the rules, `app` is the one door to
-//! them, `store` owns sled, `backends` invoke actions, and `api` and `cli` are adapters.
+//! them, `store` owns sled, `backends` invoke actions, `chat` is
+//! what the chat platforms share, and `api`, `cli`, `slack` and `discord` are adapters.
 
 pub mod api;
 pub mod app;
 pub mod backends;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::app::{worker, App};
 use crate::backends::{self, BackendConfig};
+use crate::chat::delivery::{self, Approvals, Surface, Threads};
 use crate::config::Settings;
 use crate::definitions;
 use crate::metrics::Metrics;
-use crate::slack;
+use crate::slack::{self, SlackSurface};
 use crate::store::Store;
 
 /// The client secret shipped in `config/default.toml` for the local quick start.
@@ -55,9 +56,9 @@ impl Application {
         })?;
         let mut consumers = vec![backends::consumer()];
         if settings.slack.enabled {
-            consumers.push(slack::thread::consumer());
+            consumers.push(delivery::threads_consumer::<SlackSurface>());
             if settings.slack.approval_channel.is_some() {
-                consumers.push(slack::approvals::consumer());
+                consumers.push(delivery::approvals_consumer::<SlackSurface>());
             }
         }
         let app = App::new(store, definitions, consumers, Metrics::new()).await?;
@@ -120,32 +121,21 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
     };
     let messages = Arc::new(slack::Messages::load(&settings.templates.path)?);
     let api = slack::SlackApi::new(&settings.slack.api_url, bot_token);
-    let poster = slack::thread::Poster {
+    let surface = SlackSurface {
         app: app.clone(),
         api: api.clone(),
         messages: messages.clone(),
         pace: slack::Pace::new(std::time::Duration::from_millis(
             settings.slack.message_interval_ms,
         )),
+        approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
     };
-    let threads = slack::thread::Threads {
-        poster: poster.clone(),
-    };
-    worker::spawn(
-        app.clone(),
-        slack::thread::CONSUMER,
-        threads,
+    spawn_deliveries(
+        app,
+        surface,
+        settings.slack.approval_channel.is_some(),
         settings.slack.max_concurrent,
     );
-    if let Some(channel) = settings.slack.approval_channel.clone() {
-        let approvals = slack::approvals::Approvals { poster, channel };
-        worker::spawn(
-            app.clone(),
-            slack::approvals::CONSUMER,
-            approvals,
-            settings.slack.max_concurrent,
-        );
-    }
     let state = slack::SlackState {
         app: app.clone(),
         verifier: Arc::new(slack::Verifier::new(signing_secret)),
@@ -157,6 +147,16 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         slack::socket::spawn(state.clone(), app_token);
     }
     Ok(slack::router(state))
+}
+
+/// A chat platform's outbox workers: its run cards and threads and, when it has an approval
+/// channel, its approval requests.
+fn spawn_deliveries<S: Surface>(app: &App, surface: S, approvals: bool, max_concurrent: usize) {
+    if approvals {
+        let requests = Approvals(surface.clone());
+        worker::spawn(app.clone(), S::APPROVALS, requests, max_concurrent);
+    }
+    worker::spawn(app.clone(), S::THREADS, Threads(surface), max_concurrent);
 }
 
 fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {

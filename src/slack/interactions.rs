@@ -14,10 +14,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::modal::{submitted_values, FormState, CALLBACK_ID};
+use super::modal::{submitted_values, CALLBACK_ID};
+use super::surface::mention;
 use super::SlackState;
 use crate::app::AppError;
-use crate::core::action::{RawInputs, RequestError};
+use crate::chat::form::{self, Submitted};
+use crate::chat::view::card_data;
 use crate::core::ids::{Identity, RunId};
 use crate::core::run::Decision;
 
@@ -157,7 +159,7 @@ async fn open_decline_form(
     run: &RunId,
 ) -> Result<(), String> {
     let run = state.app.run(run).map_err(|e| e.to_string())?;
-    let mut data = super::thread::card_data(&run);
+    let mut data = card_data(&run, mention);
     data["callback_id"] = json!(DECLINE_CALLBACK_ID);
     let view = state
         .messages
@@ -208,8 +210,9 @@ async fn submit_decline(state: &SlackState, payload: &Value) -> Response {
     }
 }
 
-/// A submitted form for missing inputs: the command's inputs plus the form's, checked as one
-/// request. Problems come back under the field they concern, so the user fixes them in place.
+/// A submitted form for missing inputs (see `chat::form::submit`). Problems come back under
+/// the field they concern, so the user fixes them in place; Slack shows errors only under
+/// fields of the form, so the others go under the first one.
 async fn submit_form(state: &SlackState, payload: &Value) -> Response {
     let view = &payload["view"];
     let submitted = submitted_values(&view["state"]);
@@ -217,74 +220,33 @@ async fn submit_form(state: &SlackState, payload: &Value) -> Response {
         .first()
         .map(|(name, _)| name.clone())
         .unwrap_or_default();
-    let problem = |field: &str, message: String| {
-        let mut errors = Map::new();
-        errors.insert(field.to_owned(), Value::from(message));
-        Json(json!({"response_action": "errors", "errors": errors})).into_response()
-    };
-    let key = view["private_metadata"].as_str().unwrap_or_default();
-    let asked = match state.app.form(key) {
-        Ok(Some(saved)) => serde_json::from_value::<FormState>(saved).ok(),
-        _ => None,
-    };
-    let Some(asked) = asked.filter(|a| payload["user"]["id"] == a.user.as_str()) else {
-        return problem(
-            &first_field,
-            "This form has expired; run the command again.".into(),
-        );
-    };
-    let Ok(who) = Identity::try_from(format!("slack:{}", asked.user)) else {
+    let fields: Vec<String> = submitted.iter().map(|(name, _)| name.clone()).collect();
+    let Ok(who) = Identity::try_from(format!(
+        "slack:{}",
+        payload["user"]["id"].as_str().unwrap_or_default()
+    )) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let mut inputs: Vec<(String, String)> = asked
-        .given
+    let key = view["private_metadata"].as_str().unwrap_or_default();
+    let problems = match form::submit(&state.app, key, &who, submitted).await {
+        Submitted::Created(_) => return StatusCode::OK.into_response(),
+        Submitted::Expired => vec![(
+            first_field.clone(),
+            "This form has expired; run the command again.".to_owned(),
+        )],
+        Submitted::Refused(message) => vec![(first_field.clone(), message)],
+        Submitted::Problems(problems) => problems,
+    };
+    let (shown, elsewhere): (Vec<_>, Vec<_>) = problems
         .into_iter()
-        .filter(|(name, _)| !submitted.iter().any(|(n, _)| n == name))
+        .partition(|(field, _)| fields.contains(field));
+    let mut errors: Map<String, Value> = shown
+        .into_iter()
+        .map(|(field, message)| (field, Value::from(message)))
         .collect();
-    inputs.extend(submitted.iter().cloned());
-    let created = state
-        .app
-        .request_run(
-            &who,
-            &asked.action,
-            asked.entity.as_deref(),
-            RawInputs::Text(inputs),
-            "SLACK",
-            Some(&asked.channel),
-        )
-        .await;
-    match created {
-        Ok(_) => {
-            if let Err(error) = state.app.save_form(key, None).await {
-                tracing::warn!(%error, "a used form was not dropped");
-            }
-            StatusCode::OK.into_response()
-        }
-        Err(AppError::Request(RequestError::Inputs(problems))) => {
-            let mut errors = Map::new();
-            for v in &problems.invalid {
-                errors.insert(
-                    v.field.clone(),
-                    Value::from(format!("{} {}", v.field, v.rule)),
-                );
-            }
-            for m in &problems.missing {
-                errors.insert(m.clone(), Value::from(format!("{m} is required")));
-            }
-            // Slack shows errors only under fields of the form; others go under the first one.
-            let (shown, elsewhere): (Map<String, Value>, Map<String, Value>) = errors
-                .into_iter()
-                .partition(|(field, _)| submitted.iter().any(|(n, _)| n == field));
-            let mut errors = shown;
-            if !elsewhere.is_empty() {
-                let text: Vec<String> = elsewhere
-                    .values()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect();
-                errors.insert(first_field, Value::from(text.join("; ")));
-            }
-            Json(json!({"response_action": "errors", "errors": errors})).into_response()
-        }
-        Err(error) => problem(&first_field, error.to_string()),
+    if !elsewhere.is_empty() {
+        let text: Vec<String> = elsewhere.into_iter().map(|(_, message)| message).collect();
+        errors.insert(first_field, Value::from(text.join("; ")));
     }
+    Json(json!({"response_action": "errors", "errors": errors})).into_response()
 }

@@ -1,11 +1,10 @@
-//! The Slack adapter: `POST /slack/commands` and `/slack/interactions` (CONTRACT §3–§5), the
-//! run card and its thread (`thread`), and approval requests (`approvals`).
+//! The Slack adapter: `POST /slack/commands` and `/slack/interactions` (CONTRACT §3–§5), and
+//! Slack as a delivery surface for run cards, threads and approval requests (`surface`).
 //!
-//! It verifies Slack's signature, turns the form into a [`ChatCommand`], asks the app, and
-//! answers within Slack's 3 seconds with a message rendered from `message-templates/slack/`.
-//! It knows Slack's shapes; the rules live in the core and the app.
+//! It verifies Slack's signature, turns the form into a [`ChatCommand`], asks the shared chat
+//! layer (`crate::chat`), and answers within Slack's 3 seconds with a message rendered from
+//! `message-templates/slack/`. It knows Slack's shapes; the rules live in the core and the app.
 
-pub mod approvals;
 mod interactions;
 pub mod manifest;
 mod messages;
@@ -13,7 +12,7 @@ mod modal;
 mod pace;
 mod signature;
 pub mod socket;
-pub mod thread;
+pub mod surface;
 mod web_api;
 
 use std::sync::Arc;
@@ -27,19 +26,19 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::run_json;
-use crate::app::{App, AppError};
-use crate::core::action::{Action, RawInputs, RequestError};
+use crate::app::App;
+use crate::chat::{self, Asker, ChatAnswer, FormState};
 use crate::core::chat_command::ChatCommand;
-use crate::core::ids::{Identity, RunId};
-use crate::core::run::RunStatus;
+use crate::core::ids::Identity;
 
 pub use messages::{MessageError, Messages};
-use modal::{modal_data, FormState};
 pub use pace::Pace;
 pub use signature::{SignatureError, Verifier};
+pub use surface::SlackSurface;
 pub use web_api::{SlackApi, SlackApiError};
 
+/// The origin of runs requested in Slack.
+pub const ORIGIN: &str = "SLACK";
 /// Slack sends small forms; anything larger is not Slack.
 const MAX_BODY: usize = 64 * 1024;
 /// Actions listed in one message (Slack allows 50 blocks).
@@ -151,110 +150,39 @@ async fn answer(
     form: &SlashCommand,
     command: ChatCommand,
 ) -> Reply {
-    let channel = form.channel_id.as_str();
-    let app = &state.app;
-    match command {
-        ChatCommand::Help => Reply::Message("help", listing(state, who, None)),
-        ChatCommand::List { entity } => {
-            let data = listing(state, who, entity.as_deref());
-            Reply::Message("list", data)
-        }
-        ChatCommand::Status { run } => match RunId::try_from(run.clone()).map(|id| app.run(&id)) {
-            Ok(Ok(run)) => Reply::Message("status", json!({ "run": run_json(&run) })),
-            _ => Reply::Error(format!("there is no run `{run}`")),
-        },
-        ChatCommand::Run {
-            action,
-            entity,
-            inputs,
-        } => {
-            let given = inputs.clone();
-            let created = app
-                .request_run(
-                    who,
-                    &action,
-                    entity.as_deref(),
-                    RawInputs::Text(inputs),
-                    "SLACK",
-                    Some(channel).filter(|c| !c.is_empty()),
-                )
-                .await;
-            match created {
-                Ok(run) => Reply::Message(
-                    "run_created",
-                    // Only what the answer shows: it is rendered on the ack's path.
-                    json!({
-                        "run": {
-                            "id": run.id,
-                            "status": run.status,
-                            "action": {"title": run.action.title},
-                            "entity": run.entity.as_ref().map(|e| json!({"identifier": e.identifier})),
-                        },
-                        "waiting": run.status == RunStatus::WaitingForApproval,
-                        "command": state.command,
-                    }),
-                ),
-                Err(AppError::Request(RequestError::Inputs(problems)))
-                    if problems.invalid.is_empty() && !form.trigger_id.is_empty() =>
-                {
-                    let asked = FormState {
-                        user: form.user_id.clone(),
-                        channel: channel.to_owned(),
-                        action,
-                        entity,
-                        given,
-                    };
-                    match open_form(state, &form.trigger_id, asked, &problems.missing).await {
-                        Ok(()) => Reply::Nothing,
-                        Err(error) => Reply::Error(format!("The run was not created:\n{problems}\n(The form could not be opened: {error})")),
-                    }
-                }
-                Err(AppError::Request(RequestError::Inputs(problems))) => {
-                    Reply::Error(format!("The run was not created:\n{problems}"))
-                }
-                Err(error @ (AppError::Request(_) | AppError::Run(_) | AppError::Catalog(_))) => {
-                    Reply::Error(error.to_string())
-                }
-                Err(error) => {
-                    tracing::error!(%error, "a Slack command failed");
-                    Reply::Error("portbot could not record the run; please try again.".into())
-                }
+    let asker = Asker {
+        who,
+        origin: ORIGIN,
+        channel: &form.channel_id,
+        command: &state.command,
+        can_ask: !form.trigger_id.is_empty(),
+        max_listed: MAX_LISTED,
+    };
+    match chat::answer(&state.app, &asker, command).await {
+        ChatAnswer::Message(name, data) => Reply::Message(name, data),
+        ChatAnswer::Refused(message) => Reply::Error(message),
+        ChatAnswer::AskInputs(asked, problems) => {
+            match open_form(state, &form.trigger_id, asked).await {
+                Ok(()) => Reply::Nothing,
+                Err(error) => Reply::Error(format!(
+                    "The run was not created:\n{problems}\n(The form could not be opened: {error})"
+                )),
             }
         }
     }
 }
 
-/// Keeps what the command said and opens the form for the missing inputs (`views.open` must
-/// come within 3 seconds of the command, while its `trigger_id` is valid).
-async fn open_form(
-    state: &SlackState,
-    trigger_id: &str,
-    asked: FormState,
-    missing: &[String],
-) -> Result<(), String> {
+/// Opens the form for the missing inputs, then keeps what the command said: `views.open` must
+/// come within 3 seconds of the command, while its `trigger_id` is valid, so nothing is
+/// stored before it.
+async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Result<(), String> {
     let app = &state.app;
-    let action = app.action(&asked.action).map_err(|e| e.to_string())?;
-    let current = asked
-        .entity
-        .as_deref()
-        .and_then(|id| crate::core::ids::EntityId::try_from(id).ok())
-        .and_then(|id| {
-            app.catalog()
-                .entity(&action.blueprint, &id)
-                .map(|e| e.properties.clone())
-        })
-        .unwrap_or_default();
     let key = hex::encode(rand::random::<[u8; 16]>());
+    let mut data = asked.data(app, &key).map_err(|e| e.to_string())?;
+    data["callback_id"] = json!(modal::CALLBACK_ID);
     let view = state
         .messages
-        .render(
-            "input_modal",
-            &modal_data(action, missing, &current, &key, asked.entity.as_deref()),
-        )
-        .map_err(|e| e.to_string())?;
-    let saved = serde_json::to_value(&asked).expect("form state serialises");
-    app.save_form(&key, Some(&saved))
-        .await
+        .render("input_modal", &data)
         .map_err(|e| e.to_string())?;
     let opened = tokio::time::timeout(
         std::time::Duration::from_millis(2500),
@@ -265,43 +193,8 @@ async fn open_form(
     )
     .await;
     match opened {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(_)) => asked.save(app, &key).await.map_err(|e| e.to_string()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("Slack did not answer in time".into()),
     }
-}
-
-/// The actions `who` may run, optionally only those on `entity`'s blueprint.
-fn listing(state: &SlackState, who: &Identity, entity: Option<&str>) -> Value {
-    let app = &state.app;
-    let on_entity = |action: &Action| match entity {
-        None => true,
-        Some(id) => {
-            let catalog = app.catalog();
-            action.operation.needs_entity()
-                && catalog
-                    .entities_of(&action.blueprint)
-                    .any(|e| e.identifier.as_str() == id)
-        }
-    };
-    let allowed: Vec<Value> = app
-        .actions()
-        .filter(|a| a.permissions.may_execute(who, app.directory()) && on_entity(a))
-        .map(|a| {
-            json!({
-                "identifier": a.identifier,
-                "title": a.title,
-                "description": a.description,
-                "operation": a.operation.as_str(),
-                "blueprint": a.blueprint,
-            })
-        })
-        .collect();
-    let more = allowed.len().saturating_sub(MAX_LISTED);
-    json!({
-        "command": state.command,
-        "entity": entity,
-        "actions": allowed.into_iter().take(MAX_LISTED).collect::<Vec<_>>(),
-        "more": more,
-    })
 }

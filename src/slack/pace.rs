@@ -1,6 +1,6 @@
 //! Slack accepts about one message per second per channel (PROTOCOL-NOTES §5). Every post to a
 //! channel takes the channel's next slot, so one busy channel waits for its turn while the
-//! other channels go on. (A 429 from Slack is still waited out, in `thread::Poster::post`.)
+//! other channels go on. (A 429 from Slack is still waited out, in `surface::SlackSurface::post`.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,173 @@
+//! The two outbox consumers every chat platform runs, written once over a [`Surface`]:
+//!
+//! - [`Threads`]: for a run requested on the platform, the run card where it was requested,
+//!   then every later event as a reply in the card's thread (log lines that come together share
+//!   one message), and the card updated to the run's current status;
+//! - [`Approvals`]: for every run that waits for approval, whatever its origin, a request with
+//!   `Approve` / `Decline` buttons in the platform's approval channel, updated after each decision.
+//!
+//! Each message's delivery is recorded before the next is sent, so after a crash at most the
+//! message in flight is sent again. A surface waits out rate limits itself; any other failure
+//! leaves the run due, and the worker tries again with a backoff.
+
+use std::future::Future;
+
+use serde_json::Value;
+
+use super::view::group_for_thread;
+use crate::app::worker::Deliver;
+use crate::app::{App, AppError, Consumer, Delivery, Pending};
+use crate::core::ids::RunId;
+use crate::core::run::{EventKind, Run, RunEvent};
+
+/// A chat platform, as the delivery consumers see it. References are the platform's own
+/// JSON (where a card or request was posted); they are stored with the consumer's cursor.
+pub trait Surface: Clone + Send + Sync + 'static {
+    /// The origin of runs requested on this platform (`"SLACK"`, `"DISCORD"`).
+    const ORIGIN: &'static str;
+    /// The outbox consumer names of the thread and approval deliveries.
+    const THREADS: &'static str;
+    const APPROVALS: &'static str;
+    /// Characters of log text in one thread message.
+    const LOG_CHARS: usize;
+
+    fn app(&self) -> &App;
+
+    /// Posts the run card for a run requested in `channel`; returns where it went.
+    fn place_card(
+        &self,
+        run: &Run,
+        channel: &str,
+    ) -> impl Future<Output = Result<Value, AppError>> + Send;
+
+    /// Posts one reply (events grouped by [`group_for_thread`]) in the card's thread.
+    fn reply(
+        &self,
+        card: &Value,
+        run: &Run,
+        group: &[RunEvent],
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// Shows the run's current state on its card.
+    fn update_card(
+        &self,
+        card: &Value,
+        run: &Run,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// Posts the approval request; returns where it went.
+    fn post_request(&self, run: &Run) -> impl Future<Output = Result<Value, AppError>> + Send;
+
+    /// Shows the decisions so far on the request (the buttons go once the run is decided).
+    fn update_request(
+        &self,
+        request: &Value,
+        run: &Run,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+}
+
+/// The outbox registration of a platform's thread delivery: runs requested in one of its
+/// channels.
+pub fn threads_consumer<S: Surface>() -> Consumer {
+    Consumer::new(S::THREADS, requested_on::<S>)
+}
+
+fn requested_on<S: Surface>(run: &Run, _: &EventKind) -> bool {
+    run.origin == S::ORIGIN && run.channel.is_some()
+}
+
+/// The outbox registration of a platform's approval requests.
+pub fn approvals_consumer<S: Surface>() -> Consumer {
+    Consumer::new(S::APPROVALS, |_, kind| {
+        matches!(
+            kind,
+            EventKind::ApprovalRequested { .. } | EventKind::Decided { .. }
+        )
+    })
+}
+
+/// The run card and its thread on one platform.
+#[derive(Clone)]
+pub struct Threads<S>(pub S);
+
+impl<S: Surface> Deliver for Threads<S> {
+    async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
+        let surface = &self.0;
+        let app = surface.app();
+        let Pending {
+            run,
+            events,
+            reference,
+        } = app.outbox_pending(S::THREADS, id)?;
+        let Some(requested_in) = run.channel.as_deref().filter(|_| !events.is_empty()) else {
+            return Ok(());
+        };
+        let mut rest = events.as_slice();
+        let card = match reference {
+            Some(card) => card,
+            None => {
+                // The card stands for the run's creation (its first event).
+                let card = surface.place_card(&run, requested_in).await?;
+                let (first, others) = rest.split_first().expect("there are events");
+                record(app, S::THREADS, id, first.seq, Some(card.clone())).await?;
+                rest = others;
+                card
+            }
+        };
+        for group in group_for_thread(rest, S::LOG_CHARS) {
+            surface.reply(&card, &run, group).await?;
+            let seq = group.last().expect("groups are not empty").seq;
+            record(app, S::THREADS, id, seq, None).await?;
+        }
+        if !rest.is_empty() {
+            surface.update_card(&card, &run).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The approval requests on one platform.
+#[derive(Clone)]
+pub struct Approvals<S>(pub S);
+
+impl<S: Surface> Deliver for Approvals<S> {
+    async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
+        let surface = &self.0;
+        let app = surface.app();
+        let Pending {
+            run,
+            events,
+            reference,
+        } = app.outbox_pending(S::APPROVALS, id)?;
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        // A message shows the run as it is now, so one post or update covers every pending event.
+        match reference {
+            None => {
+                let request = surface.post_request(&run).await?;
+                record(app, S::APPROVALS, id, last, Some(request)).await
+            }
+            Some(request) => {
+                surface.update_request(&request, &run).await?;
+                record(app, S::APPROVALS, id, last, None).await
+            }
+        }
+    }
+}
+
+/// Records a consumer's delivery up to `seq`, and its new reference if any.
+async fn record(
+    app: &App,
+    consumer: &str,
+    id: &RunId,
+    seq: u64,
+    reference: Option<Value>,
+) -> Result<(), AppError> {
+    let delivery = Delivery {
+        seq,
+        note: None,
+        reference,
+    };
+    app.outbox_delivered(consumer, id, delivery).await
+}

@@ -1,0 +1,160 @@
+//! Slack as a delivery surface (see `chat::delivery`): the run card in the channel of the
+//! command and replies in its thread (`thread_ts`), and approval requests in
+//! `slack.approval_channel`, all through `chat.postMessage` / `chat.update`.
+//!
+//! When the bot is not in the channel of the command it joins (a public channel); when it
+//! cannot (a private channel, a DM), the card goes to the requester as a direct message that
+//! says how to invite the bot, so no run is left without a thread. Posts keep each channel's
+//! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::messages::{slack_json_escape, Messages};
+use super::pace::Pace;
+use super::web_api::{SlackApi, SlackApiError};
+use crate::app::{App, AppError};
+use crate::chat::view::{card_data, reply_data, request_data};
+use crate::chat::Surface;
+use crate::core::ids::Identity;
+use crate::core::run::{Run, RunEvent};
+
+/// What posting to Slack from the outbox needs: the app, the Web API and the templates.
+#[derive(Clone)]
+pub struct SlackSurface {
+    pub app: App,
+    pub api: SlackApi,
+    pub messages: Arc<Messages>,
+    pub pace: Pace,
+    /// Where approval requests go.
+    pub approval_channel: String,
+}
+
+impl Surface for SlackSurface {
+    const ORIGIN: &'static str = super::ORIGIN;
+    const THREADS: &'static str = "slack";
+    const APPROVALS: &'static str = "slack-approvals";
+    /// Under Slack's 3,000 characters per section.
+    const LOG_CHARS: usize = 2_800;
+
+    fn app(&self) -> &App {
+        &self.app
+    }
+
+    async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
+        let mut card = self.render("run_card", &card_data(run, mention))?;
+        card["channel"] = json!(channel);
+        self.pace.slot(channel).await;
+        let refusal = match self.api.call("chat.postMessage", &card).await {
+            Ok(answer) => return Ok(card_reference(channel, &answer)),
+            Err(SlackApiError::Refused { error, .. })
+                if error == "not_in_channel" || error == "channel_not_found" =>
+            {
+                error
+            }
+            Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
+                // Paced and retried like any post.
+                let answer = self.post("chat.postMessage", &card).await?;
+                return Ok(card_reference(channel, &answer));
+            }
+            Err(error) => return Err(AppError::Delivery(error.to_string())),
+        };
+        if refusal == "not_in_channel"
+            && self
+                .api
+                .call("conversations.join", &json!({"channel": channel}))
+                .await
+                .is_ok()
+        {
+            let answer = self.post("chat.postMessage", &card).await?;
+            return Ok(card_reference(channel, &answer));
+        }
+        let user = run
+            .created_by
+            .as_str()
+            .strip_prefix("slack:")
+            .unwrap_or_default();
+        let opened = self
+            .post("conversations.open", &json!({"users": user}))
+            .await?;
+        let direct = opened["channel"]["id"].as_str().unwrap_or_default();
+        let mut data = card_data(run, mention);
+        data["unreachable_channel"] =
+            json!(if channel.chars().all(|c| c.is_ascii_alphanumeric()) {
+                format!("<#{channel}>")
+            } else {
+                slack_json_escape(channel)
+            });
+        let mut card = self.render("run_card", &data)?;
+        card["channel"] = json!(direct);
+        let answer = self.post("chat.postMessage", &card).await?;
+        Ok(card_reference(direct, &answer))
+    }
+
+    async fn reply(&self, card: &Value, run: &Run, group: &[RunEvent]) -> Result<(), AppError> {
+        let data = reply_data(run, group, Self::LOG_CHARS, mention);
+        let mut message = self.render("thread_reply", &data)?;
+        message["channel"] = card["channel"].clone();
+        message["thread_ts"] = card["card_ts"].clone();
+        self.post("chat.postMessage", &message).await.map(|_| ())
+    }
+
+    async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
+        let mut message = self.render("run_card", &card_data(run, mention))?;
+        message["channel"] = card["channel"].clone();
+        message["ts"] = card["card_ts"].clone();
+        self.post("chat.update", &message).await.map(|_| ())
+    }
+
+    async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
+        let mut message = self.render("approval_request", &request_data(run, mention))?;
+        message["channel"] = json!(self.approval_channel);
+        let answer = self.post("chat.postMessage", &message).await?;
+        Ok(json!({"channel": self.approval_channel, "ts": answer["ts"]}))
+    }
+
+    async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
+        let mut message = self.render("approval_request", &request_data(run, mention))?;
+        message["channel"] = request["channel"].clone();
+        message["ts"] = request["ts"].clone();
+        self.post("chat.update", &message).await.map(|_| ())
+    }
+}
+
+/// Where a card went: its channel and `ts` (the thread's `thread_ts`).
+fn card_reference(channel: &str, answer: &Value) -> Value {
+    json!({"channel": channel, "card_ts": answer["ts"]})
+}
+
+impl SlackSurface {
+    pub(super) fn render(&self, template: &str, data: &Value) -> Result<Value, AppError> {
+        self.messages
+            .render(template, data)
+            .map_err(|e| AppError::Delivery(e.to_string()))
+    }
+
+    /// Calls Slack, keeping the channel's pace and waiting out rate limits as Slack asks.
+    async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
+        if let ("chat.postMessage", Some(channel)) = (method, body["channel"].as_str()) {
+            self.pace.slot(channel).await;
+        }
+        loop {
+            match self.api.call(method, body).await {
+                Ok(answer) => return Ok(answer),
+                Err(SlackApiError::RateLimited(wait)) => tokio::time::sleep(wait).await,
+                Err(error) => return Err(AppError::Delivery(error.to_string())),
+            }
+        }
+    }
+}
+
+/// A Slack mention for Slack users (`<@U123>`); anyone else by name, escaped.
+pub(super) fn mention(who: &Identity) -> String {
+    match who.as_str().strip_prefix("slack:") {
+        Some(user) if !user.is_empty() && user.chars().all(|c| c.is_ascii_alphanumeric()) => {
+            format!("<@{user}>")
+        }
+        _ => slack_json_escape(who.as_str()),
+    }
+}
