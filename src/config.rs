@@ -36,6 +36,7 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub api: ApiSettings,
     pub slack: SlackSettings,
+    pub discord: DiscordSettings,
     #[serde(default)]
     pub teams: Vec<TeamSettings>,
     pub backends: BackendSettings,
@@ -81,6 +82,23 @@ pub struct SlackSettings {
     pub message_interval_ms: u64,
     /// Runs whose messages are being delivered at once. Most of a delivery is waiting for its
     /// channel's next slot, so this is high.
+    pub max_concurrent: usize,
+}
+
+/// The Discord application (CONTRACT §1). Its endpoint exists only when `enabled`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiscordSettings {
+    pub enabled: bool,
+    pub bot_token: Option<Secret>,
+    /// The application's Ed25519 public key, hex (64 digits).
+    pub public_key: Option<String>,
+    pub application_id: Option<String>,
+    /// The REST API root, with its version (`https://discord.com/api/v10`).
+    pub api_url: String,
+    pub approval_channel: Option<String>,
+    /// The application command's name (`port`).
+    pub command: String,
+    /// Runs whose messages are being delivered at once.
     pub max_concurrent: usize,
 }
 

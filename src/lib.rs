@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod definitions;
+pub mod discord;
 pub mod metrics;
 pub mod slack;
 pub mod startup;

@@ -67,6 +67,13 @@ enum Command {
         #[arg(long, conflicts_with = "url")]
         socket_mode: bool,
     },
+    /// Register the /port command with Discord (bulk overwrite), globally or in one guild.
+    DiscordRegister {
+        /// A guild id: register there only (takes effect at once; global commands can take
+        /// up to an hour to show).
+        #[arg(long)]
+        guild: Option<String>,
+    },
     /// Request a run: portbot run ACTION [ENTITY] [key=value ...]
     Run {
         #[arg(required = true, num_args = 1.., value_name = "ACTION [ENTITY] [key=value]")]
@@ -113,6 +120,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(args.config).await,
         Command::Check => check(args.config),
         Command::SlackManifest { url, .. } => slack_manifest(args.config, url.as_deref()),
+        Command::DiscordRegister { guild } => discord_register(args.config, guild.as_deref()).await,
         client_command => run_client(args.config, args.client, client_command).await,
     };
     match result {
@@ -164,6 +172,34 @@ fn slack_manifest(config: Option<PathBuf>, url: Option<&str>) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+async fn discord_register(
+    config: Option<PathBuf>,
+    guild: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    let discord = &settings.discord;
+    let (Some(token), Some(application_id)) =
+        (discord.bot_token.clone(), discord.application_id.as_deref())
+    else {
+        anyhow::bail!("discord.bot_token and discord.application_id must be set (PORTBOT__DISCORD__BOT_TOKEN, PORTBOT__DISCORD__APPLICATION_ID)");
+    };
+    let api = portbot::discord::DiscordApi::new(&discord.api_url, token);
+    let registered =
+        portbot::discord::register::register(&api, application_id, guild, &discord.command).await?;
+    let names: Vec<&str> = registered
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    println!(
+        "registered /{} ({})",
+        names.join(", /"),
+        guild.map_or("global".to_owned(), |g| format!("guild {g}"))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run_client(
     config: Option<PathBuf>,
     flags: ClientArgs,
@@ -192,7 +228,10 @@ async fn run_client(
         Command::Entities { blueprint, id } => {
             cli::entities(&client, &blueprint, id.as_deref()).await?
         }
-        Command::Serve | Command::Check | Command::SlackManifest { .. } => {
+        Command::Serve
+        | Command::Check
+        | Command::SlackManifest { .. }
+        | Command::DiscordRegister { .. } => {
             unreachable!("handled in main")
         }
     }

@@ -13,6 +13,7 @@ use crate::backends::{self, BackendConfig};
 use crate::chat::delivery::{self, Approvals, Surface, Threads};
 use crate::config::Settings;
 use crate::definitions;
+use crate::discord::{self, DiscordSurface};
 use crate::metrics::Metrics;
 use crate::slack::{self, SlackSurface};
 use crate::store::Store;
@@ -61,6 +62,12 @@ impl Application {
                 consumers.push(delivery::approvals_consumer::<SlackSurface>());
             }
         }
+        if settings.discord.enabled {
+            consumers.push(delivery::threads_consumer::<DiscordSurface>());
+            if settings.discord.approval_channel.is_some() {
+                consumers.push(delivery::approvals_consumer::<DiscordSurface>());
+            }
+        }
         let app = App::new(store, definitions, consumers, Metrics::new()).await?;
         backends::spawn(
             app.clone(),
@@ -77,6 +84,9 @@ impl Application {
         });
         if settings.slack.enabled {
             router = router.merge(start_slack(&settings, &app)?);
+        }
+        if settings.discord.enabled {
+            router = router.merge(start_discord(&settings, &app)?);
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -119,7 +129,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
              (PORTBOT__SLACK__SIGNING_SECRET, PORTBOT__SLACK__BOT_TOKEN)"
         );
     };
-    let messages = Arc::new(slack::Messages::load(&settings.templates.path)?);
+    let messages = Arc::new(slack::load_messages(&settings.templates.path)?);
     let api = slack::SlackApi::new(&settings.slack.api_url, bot_token);
     let surface = SlackSurface {
         app: app.clone(),
@@ -147,6 +157,51 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         slack::socket::spawn(state.clone(), app_token);
     }
     Ok(slack::router(state))
+}
+
+/// Discord, when enabled: the delivery workers and the interactions endpoint. Missing or bad
+/// settings stop the start.
+fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
+    let discord = &settings.discord;
+    let (Some(bot_token), Some(public_key), Some(application_id)) = (
+        discord.bot_token.clone(),
+        discord.public_key.as_deref(),
+        discord.application_id.clone(),
+    ) else {
+        bail!(
+            "discord.enabled is true but discord.bot_token, discord.public_key or \
+             discord.application_id is not set (PORTBOT__DISCORD__BOT_TOKEN, ...)"
+        );
+    };
+    let key: [u8; 32] = hex::decode(public_key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("discord.public_key must be the application's public key: 64 hex digits")?;
+    let verifier = serenity::interactions_endpoint::Verifier::try_new(key)
+        .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
+    let messages = Arc::new(discord::load_messages(&settings.templates.path)?);
+    let api = discord::DiscordApi::new(&discord.api_url, bot_token);
+    let surface = DiscordSurface {
+        app: app.clone(),
+        api: api.clone(),
+        messages: messages.clone(),
+        approval_channel: discord.approval_channel.clone().unwrap_or_default(),
+    };
+    spawn_deliveries(
+        app,
+        surface,
+        discord.approval_channel.is_some(),
+        discord.max_concurrent,
+    );
+    Ok(discord::router(discord::DiscordState {
+        app: app.clone(),
+        verifier: Arc::new(verifier),
+        messages,
+        api,
+        application_id,
+        command: discord.command.clone(),
+        answered: Arc::default(),
+    }))
 }
 
 /// A chat platform's outbox workers: its run cards and threads and, when it has an approval

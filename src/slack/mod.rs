@@ -27,11 +27,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::chat::messages::Messages;
 use crate::chat::{self, Asker, ChatAnswer, FormState};
 use crate::core::chat_command::ChatCommand;
 use crate::core::ids::Identity;
 
-pub use messages::{MessageError, Messages};
+pub use messages::load as load_messages;
 pub use pace::Pace;
 pub use signature::{SignatureError, Verifier};
 pub use surface::SlackSurface;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod discord;
 pub mod slack;
 
 use std::net::SocketAddr;
@@ -535,8 +536,6 @@ pub fn mentions(calls: &[SlackCall], text: &str) -> bool {
         .iter()
         .any(|c| c.body["blocks"].to_string().contains(text))
 }
-
-impl FakeSlack {}
 
 /// What Slack would refuse in a message or view: more than 50 blocks (100 in a modal), a
 /// section text over 3,000 characters, or a fallback text over 40,000.

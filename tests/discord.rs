@@ -1,0 +1,629 @@
+//! Discord end to end: signed interactions on `/discord/interactions`, a fake Discord REST API,
+//! the real app with sled in a temp dir, and the shipped catalog (`add-documentdb` needs a
+//! devops approval and runs a command that logs and then adds the Resource to the catalog).
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+
+use common::discord::{
+    autocomplete, click, command, send, send_raw, send_signed, submit, FakeDiscord, APPROVALS,
+    BOT_TOKEN, CHANNEL, DEV, OPS, PUBLIC_KEY,
+};
+use common::TestApp;
+use portbot::config::Settings;
+use serde_json::{json, Value};
+
+async fn discord_app(fake: &FakeDiscord) -> TestApp {
+    TestApp::spawn_with(&[], |settings| enable_discord(settings, fake)).await
+}
+
+pub fn enable_discord(settings: &mut Settings, fake: &FakeDiscord) {
+    settings.discord.enabled = true;
+    settings.discord.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
+    settings.discord.public_key = Some(PUBLIC_KEY.into());
+    settings.discord.application_id = Some(common::discord::APPLICATION_ID.into());
+    settings.discord.api_url = fake.api_url();
+    settings.discord.approval_channel = Some(APPROVALS.into());
+    for team in &mut settings.teams {
+        match team.identifier.as_str() {
+            "developers" => team.discord_users.push(DEV.into()),
+            "devops" => team.discord_users.push(OPS.into()),
+            _ => {}
+        }
+    }
+}
+
+async fn run_count(app: &TestApp) -> usize {
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    body["runs"].as_array().unwrap().len()
+}
+
+/// The text of an interaction's private answer, after checking it is private.
+fn private_text(answer: &Value) -> String {
+    assert_eq!(answer["type"], 4, "{answer}");
+    assert_eq!(answer["data"]["flags"], 64, "not ephemeral: {answer}");
+    answer["data"]["content"].as_str().unwrap().to_owned()
+}
+
+fn run_in(text: &str) -> String {
+    let at = text.find("r_").expect("a run id in the text");
+    text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+#[tokio::test]
+async fn pings_are_answered_and_forged_or_stale_requests_are_refused_storing_nothing() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let (status, pong) = send(
+        &app,
+        &json!({"type": 1, "id": "1", "application_id": "1", "token": "t", "version": 1}),
+    )
+    .await;
+    assert_eq!((status, pong), (200, json!({"type": 1})));
+
+    let body = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")).to_string();
+    let now = chrono::Utc::now().timestamp().to_string();
+    let (status, _) = send_raw(&app, &body, &now, &"00".repeat(64)).await;
+    assert_eq!(status, 401, "a forged signature");
+    let (status, _) = send_raw(&app, &body, &now, "not hex").await;
+    assert_eq!(status, 401, "a malformed signature");
+    let (status, _) = send_raw(&app, &body, "", "").await;
+    assert_eq!(status, 401, "unsigned");
+    let stale = chrono::Utc::now().timestamp() - 600;
+    let (status, _) = send_signed(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+        stale,
+    )
+    .await;
+    assert_eq!(status, 401, "a replay from ten minutes ago");
+    // A body changed after signing.
+    let signed = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3"));
+    let (status, _) = send(&app, &signed).await;
+    assert_eq!(status, 200);
+    assert_eq!(run_count(&app).await, 1);
+    let (status, _) = send_raw(
+        &app,
+        &body.replace("instances=3", "instances=4"),
+        &now,
+        &"11".repeat(64),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        run_count(&app).await,
+        1,
+        "nothing stored by refused requests"
+    );
+    // Malformed payloads get a 400, never a panic.
+    for garbage in [
+        json!([]),
+        json!({"type": 2}),
+        json!({"type": "x"}),
+        json!({"type": 3, "member": {"user": {"id": "x"}}}),
+    ] {
+        let (status, _) = send(&app, &garbage).await;
+        assert_eq!(status, 400, "{garbage}");
+    }
+}
+
+#[tokio::test]
+async fn the_whole_story_command_approval_backend_logs_success_and_catalog() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let (status, answer) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = private_text(&answer);
+    assert!(text.contains("WAITING_FOR_APPROVAL"), "{text}");
+    let run = run_in(&text);
+    assert_eq!(app.run(&run).await["createdBy"], format!("discord:{DEV}"));
+
+    // The card in the channel, its thread, and the request in the approval channel.
+    let calls = fake
+        .calls_when(|calls| calls.iter().filter(|c| c.method == "POST").count() >= 4)
+        .await;
+    let card = &fake.posted_in(CHANNEL)[0];
+    assert!(
+        card["embeds"][0]["title"]
+            .as_str()
+            .unwrap()
+            .contains("DocumentDB"),
+        "{card}"
+    );
+    let card_id = calls
+        .iter()
+        .find_map(|c| c.path.strip_suffix("/threads"))
+        .and_then(|p| p.rsplit('/').next())
+        .expect("a thread started from the card")
+        .to_owned();
+    let request = &fake.posted_in(APPROVALS)[0];
+    let buttons = &request["components"][0]["components"];
+    assert_eq!(buttons[0]["label"], "Approve");
+    assert_eq!(buttons[1]["label"], "Decline");
+    assert_eq!(buttons[0]["custom_id"], format!("approve:{run}"));
+    assert!(
+        request.to_string().contains(&format!("<@{DEV}>")),
+        "requester named: {request}"
+    );
+
+    // The requester may not approve; nobody else outside devops either.
+    for user in [DEV, "1399999999999999999"] {
+        let (_, answer) = send(&app, &click(user, &format!("approve:{run}"))).await;
+        let text = private_text(&answer);
+        assert!(
+            text.contains("may not") || text.contains("not an approver"),
+            "{text}"
+        );
+    }
+    assert_eq!(app.run(&run).await["status"], "WAITING_FOR_APPROVAL");
+
+    let (_, answer) = send(&app, &click(OPS, &format!("approve:{run}"))).await;
+    assert_eq!(answer, json!({"type": 6}));
+    let (_, again) = send(&app, &click(OPS, &format!("approve:{run}"))).await;
+    assert!(private_text(&again).contains("already"), "{again}");
+
+    let done = app.wait_for(&run, "SUCCESS").await;
+    assert_eq!(done["status"], "SUCCESS");
+    let thread = format!("/api/v10/channels/{card_id}/messages");
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.path == thread
+                    && c.body["content"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("SUCCESS")
+            })
+        })
+        .await;
+    let in_thread: Vec<String> = calls
+        .iter()
+        .filter(|c| c.path == thread)
+        .map(|c| c.body["content"].as_str().unwrap().to_owned())
+        .collect();
+    let all = in_thread.join("\n");
+    assert!(all.contains("Approved by"), "{all}");
+    assert!(all.contains("```"), "log lines in the thread: {all}");
+    assert!(all.contains("Catalog"), "{all}");
+    let ended = calls.iter().rfind(|c| c.path == thread).unwrap();
+    assert_eq!(
+        ended.body["allowed_mentions"]["users"],
+        json!([DEV]),
+        "only the requester is pinged"
+    );
+    // The request lost its buttons and names the approver; the card shows SUCCESS.
+    let edits: Vec<&common::discord::DiscordCall> =
+        calls.iter().filter(|c| c.method == "PATCH").collect();
+    let request_edit = edits
+        .iter()
+        .rfind(|c| c.path.contains(APPROVALS))
+        .expect("request edited");
+    assert_eq!(request_edit.body["components"], json!([]));
+    assert!(request_edit.body.to_string().contains(&format!("<@{OPS}>")));
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.method == "PATCH"
+                    && c.path.contains(CHANNEL)
+                    && c.body.to_string().contains("SUCCESS")
+            })
+        })
+        .await;
+    assert!(calls.iter().any(|c| c.method == "PATCH"
+        && c.path.contains(CHANNEL)
+        && c.body.to_string().contains("SUCCESS")));
+    let (status, entity) = app
+        .admin(
+            "GET",
+            "/v1/blueprints/Resource/entities/mailer-documentdb",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{entity}");
+    assert!(
+        fake.refused.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.refused.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_private_name_the_input_and_the_rule_and_create_nothing() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    for (user, action, entity, inputs, expected) in [
+        (
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            Some("instances=9"),
+            "must be at most 5 (got 9)",
+        ),
+        (
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            Some("instances=three"),
+            "must be a number",
+        ),
+        (
+            DEV,
+            "add-documentdb",
+            Some("mailr"),
+            Some("instances=2"),
+            "did you mean: mailer",
+        ),
+        (
+            DEV,
+            "add-docdb",
+            Some("mailer"),
+            None,
+            "did you mean: add-documentdb",
+        ),
+        (
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            Some("name=\"unclosed"),
+            "never closed",
+        ),
+        (
+            DEV,
+            "add-documentdb",
+            None,
+            Some("mailer instances=2"),
+            "neither an entity nor key=value",
+        ),
+        (
+            "1399999999999999999",
+            "add-documentdb",
+            Some("mailer"),
+            Some("instances=2"),
+            "may not run",
+        ),
+    ] {
+        let (status, answer) = send(&app, &command(user, action, entity, inputs)).await;
+        assert_eq!(status, 200);
+        let text = private_text(&answer);
+        assert!(
+            text.contains(expected),
+            "{action} {inputs:?}: expected `{expected}` in {text}"
+        );
+    }
+    assert_eq!(run_count(&app).await, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        fake.calls().is_empty(),
+        "nothing posted: {:?}",
+        fake.calls()
+    );
+}
+
+#[tokio::test]
+async fn help_list_status_and_autocomplete() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let (_, help) = send(&app, &command(DEV, "help", None, None)).await;
+    assert!(private_text(&help).contains("add-documentdb"), "{help}");
+    let (_, list) = send(&app, &command(DEV, "list", Some("mailer"), None)).await;
+    let listed = private_text(&list);
+    assert!(
+        listed.contains("add-documentdb") && !listed.contains("scaffold-service"),
+        "{listed}"
+    );
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=2")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    let (_, status) = send(&app, &command(DEV, "status", Some(&run), None)).await;
+    assert!(
+        private_text(&status).contains("WAITING_FOR_APPROVAL"),
+        "{status}"
+    );
+
+    let (_, actions) = send(&app, &autocomplete(DEV, "docum", None, "action")).await;
+    assert_eq!(actions["type"], 8);
+    let values: Vec<&str> = actions["data"]["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["value"].as_str().unwrap())
+        .collect();
+    assert!(
+        values.contains(&"add-documentdb") && !values.contains(&"scaffold-service"),
+        "{values:?}"
+    );
+    let (_, entities) = send(
+        &app,
+        &autocomplete(DEV, "add-documentdb", Some("mai"), "entity"),
+    )
+    .await;
+    assert_eq!(
+        entities["data"]["choices"][0]["value"], "mailer",
+        "{entities}"
+    );
+}
+
+#[tokio::test]
+async fn missing_inputs_open_a_modal_checked_on_submit() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let (_, modal) = send(&app, &command(DEV, "add-documentdb", Some("mailer"), None)).await;
+    assert_eq!(modal["type"], 9, "{modal}");
+    let form = &modal["data"];
+    let custom_id = form["custom_id"].as_str().unwrap().to_owned();
+    assert!(custom_id.starts_with("inputs:") && custom_id.len() <= 100);
+    let field = &form["components"][0];
+    assert_eq!(field["type"], 18);
+    assert_eq!(field["component"]["custom_id"], "instances");
+    assert!(
+        field["component"]["placeholder"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 5"),
+        "{field}"
+    );
+
+    let (_, refused) = send(&app, &submit(DEV, &custom_id, &[("instances", "9")])).await;
+    assert!(
+        private_text(&refused).contains("instances must be at most 5"),
+        "{refused}"
+    );
+    let (_, someone_else) = send(&app, &submit(OPS, &custom_id, &[("instances", "3")])).await;
+    assert!(
+        private_text(&someone_else).contains("expired"),
+        "{someone_else}"
+    );
+    assert_eq!(run_count(&app).await, 0);
+    let (_, created) = send(&app, &submit(DEV, &custom_id, &[("instances", "3")])).await;
+    let run = run_in(&private_text(&created));
+    assert_eq!(app.run(&run).await["properties"]["instances"], 3);
+    let (_, used) = send(&app, &submit(DEV, &custom_id, &[("instances", "3")])).await;
+    assert!(
+        private_text(&used).contains("expired"),
+        "a used form: {used}"
+    );
+    assert_eq!(run_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn a_repeated_interaction_gets_the_same_answer_and_does_nothing_twice() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let once = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3"));
+    let (_, first) = send(&app, &once).await;
+    let (_, second) = send(&app, &once).await;
+    assert_eq!(first, second);
+    assert_eq!(run_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn declining_asks_for_a_reason_that_reaches_the_thread() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    let (_, refused) = send(&app, &click(DEV, &format!("decline:{run}"))).await;
+    assert!(
+        private_text(&refused).contains("may not decide"),
+        "{refused}"
+    );
+    let (_, modal) = send(&app, &click(OPS, &format!("decline:{run}"))).await;
+    assert_eq!(modal["type"], 9, "{modal}");
+    assert_eq!(modal["data"]["custom_id"], format!("reason:{run}"));
+    let (_, done) = send(
+        &app,
+        &submit(
+            OPS,
+            &format!("reason:{run}"),
+            &[("reason", "use <@everyone> the shared cluster")],
+        ),
+    )
+    .await;
+    assert_eq!(done, json!({"type": 6}));
+    assert_eq!(app.run(&run).await["status"], "DECLINED");
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Declined")
+            })
+        })
+        .await;
+    let declined = calls
+        .iter()
+        .find(|c| {
+            c.body["content"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Declined")
+        })
+        .unwrap();
+    let content = declined.body["content"].as_str().unwrap();
+    assert!(
+        content.contains("the shared cluster") && !content.contains("<@everyone>"),
+        "{content}"
+    );
+    assert!(
+        fake.refused.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.refused.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_and_outages_are_waited_out_and_every_line_arrives_once_in_order() {
+    let fake = FakeDiscord::start().await;
+    fake.throttle_next.store(3, SeqCst);
+    fake.fail_next.store(2, SeqCst);
+    let app = discord_app(&fake).await;
+    // A run through the API whose backend is the test: it logs long lines and ends.
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=1")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    let long = "x".repeat(5_000);
+    let mut lines: Vec<String> = (0..30).map(|i| format!("line {i:02}")).collect();
+    lines.insert(10, long.clone());
+    for line in &lines {
+        let (status, body) = app
+            .backend(
+                "POST",
+                &format!("/v1/actions/runs/{run}/logs"),
+                Some(json!({"message": line})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("line 29")
+            })
+        })
+        .await;
+    let text: String = calls
+        .iter()
+        .filter_map(|c| c.body["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut at = 0;
+    for i in 0..30 {
+        let line = format!("line {i:02}");
+        assert_eq!(text.matches(&line).count(), 1, "{line} once");
+        let found = text[at..]
+            .find(&line)
+            .unwrap_or_else(|| panic!("{line} in order"));
+        at += found;
+    }
+    assert!(text.contains("[line cut]"), "the long line is cut visibly");
+    assert!(fake.throttled.load(SeqCst) >= 3);
+    assert!(
+        fake.refused.lock().unwrap().is_empty(),
+        "{:?}",
+        fake.refused.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn without_access_to_the_channel_the_card_goes_to_the_requester_and_a_missing_thread_is_started(
+) {
+    let fake = FakeDiscord::start().await;
+    fake.forbidden.lock().unwrap().insert(CHANNEL.into());
+    let app = discord_app(&fake).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    let direct = format!("9{DEV}");
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.path.ends_with("/threads")))
+        .await;
+    let card = fake.posted_in(&direct);
+    assert!(card[0].to_string().contains("can't post in"), "{card:?}");
+    assert!(calls
+        .iter()
+        .any(|c| c.path == "/api/v10/users/@me/channels"));
+    let (_, _) = app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
+    app.wait_for(&run, "SUCCESS").await;
+}
+
+#[tokio::test]
+async fn discord_register_puts_the_port_command() {
+    let fake = FakeDiscord::start().await;
+    let output = tokio::process::Command::new(common::binary())
+        .arg("discord-register")
+        .arg("--guild")
+        .arg("42")
+        .env("PORTBOT__DISCORD__BOT_TOKEN", BOT_TOKEN)
+        .env(
+            "PORTBOT__DISCORD__APPLICATION_ID",
+            common::discord::APPLICATION_ID,
+        )
+        .env("PORTBOT__DISCORD__API_URL", fake.api_url())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].method, "PUT");
+    assert_eq!(
+        calls[0].path,
+        format!(
+            "/api/v10/applications/{}/guilds/42/commands",
+            common::discord::APPLICATION_ID
+        )
+    );
+    assert_eq!(calls[0].body[0]["name"], "port");
+    assert_eq!(calls[0].body[0]["options"][0]["autocomplete"], true);
+}
+
+#[tokio::test]
+async fn where_threads_are_refused_replies_go_under_the_card() {
+    let fake = FakeDiscord::start().await;
+    fake.no_threads.store(true, SeqCst);
+    let app = discord_app(&fake).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("SUCCESS")
+            })
+        })
+        .await;
+    let card = calls
+        .iter()
+        .find(|c| c.path.ends_with(&format!("{CHANNEL}/messages")))
+        .unwrap();
+    let replies: Vec<_> = fake.posted_in(CHANNEL).into_iter().skip(1).collect();
+    assert!(replies.len() >= 3, "{replies:?}");
+    assert!(
+        replies
+            .iter()
+            .all(|r| r["message_reference"]["message_id"].is_string()),
+        "{replies:?}"
+    );
+    assert!(card.body.get("message_reference").is_none());
+    assert!(replies
+        .iter()
+        .any(|r| r["content"].as_str().unwrap().contains("SUCCESS")));
+}
