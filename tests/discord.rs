@@ -8,30 +8,13 @@ use std::sync::atomic::Ordering::SeqCst;
 
 use common::discord::{
     autocomplete, click, command, send, send_raw, send_signed, submit, FakeDiscord, APPROVALS,
-    BOT_TOKEN, CHANNEL, DEV, OPS, PUBLIC_KEY,
+    BOT_TOKEN, CHANNEL, DEV, OPS,
 };
 use common::TestApp;
-use portbot::config::Settings;
 use serde_json::{json, Value};
 
 async fn discord_app(fake: &FakeDiscord) -> TestApp {
-    TestApp::spawn_with(&[], |settings| enable_discord(settings, fake)).await
-}
-
-pub fn enable_discord(settings: &mut Settings, fake: &FakeDiscord) {
-    settings.discord.enabled = true;
-    settings.discord.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
-    settings.discord.public_key = Some(PUBLIC_KEY.into());
-    settings.discord.application_id = Some(common::discord::APPLICATION_ID.into());
-    settings.discord.api_url = fake.api_url();
-    settings.discord.approval_channel = Some(APPROVALS.into());
-    for team in &mut settings.teams {
-        match team.identifier.as_str() {
-            "developers" => team.discord_users.push(DEV.into()),
-            "devops" => team.discord_users.push(OPS.into()),
-            _ => {}
-        }
-    }
+    TestApp::spawn_with(&[], |settings| common::discord::enable(settings, fake)).await
 }
 
 async fn run_count(app: &TestApp) -> usize {
@@ -626,4 +609,181 @@ async fn where_threads_are_refused_replies_go_under_the_card() {
     assert!(replies
         .iter()
         .any(|r| r["content"].as_str().unwrap().contains("SUCCESS")));
+}
+
+/// One app with Slack and Discord both on.
+async fn both_platforms(slack: &common::FakeSlack, discord: &FakeDiscord) -> TestApp {
+    TestApp::spawn_with(&[], |settings| {
+        common::slack::enable(settings, slack);
+        common::discord::enable(settings, discord);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_run_started_in_slack_is_approved_in_discord_and_both_follow_it() {
+    let slack = common::FakeSlack::start().await;
+    let discord = FakeDiscord::start().await;
+    let app = both_platforms(&slack, &discord).await;
+    let form = common::slack::form("UDEV", "add-documentdb mailer instances=3");
+    let now = chrono::Utc::now().timestamp();
+    let (status, body) =
+        common::slack::send_signed(&app, "/slack/commands", &form, now, common::slack::SECRET)
+            .await;
+    assert_eq!(status, 200, "{body}");
+    let run = app.admin("GET", "/v1/actions/runs", None, None).await.1["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Both approval channels get the request; the Discord approver decides.
+    discord
+        .calls_when(|calls| calls.iter().any(|c| c.path.contains(APPROVALS)))
+        .await;
+    assert_eq!(
+        discord.posted_in(APPROVALS)[0]["components"][0]["components"][0]["custom_id"],
+        format!("approve:{run}")
+    );
+    let (_, answer) = send(&app, &click(OPS, &format!("approve:{run}"))).await;
+    assert_eq!(answer, json!({"type": 6}));
+    app.wait_for(&run, "SUCCESS").await;
+
+    // Slack's thread says who approved; Slack's request lost its buttons; no Discord card.
+    let calls = slack
+        .calls_when(|calls| {
+            common::mentions(calls, "SUCCESS") && common::mentions(calls, &format!("discord:{OPS}"))
+        })
+        .await;
+    assert!(
+        common::mentions(&calls, &format!("Approved by discord:{OPS}")),
+        "{}",
+        slack.text_in("C123")
+    );
+    let slack_request = calls
+        .iter()
+        .rfind(|c| c.method == "chat.update" && c.body["channel"] == "CAPPROVE")
+        .unwrap();
+    assert!(
+        !slack_request.body["blocks"]
+            .to_string()
+            .contains("\"actions\""),
+        "buttons gone in Slack"
+    );
+    let discord_edit = discord
+        .calls_when(|calls| {
+            calls
+                .iter()
+                .any(|c| c.method == "PATCH" && c.path.contains(APPROVALS))
+        })
+        .await;
+    let edit = discord_edit
+        .iter()
+        .rfind(|c| c.method == "PATCH" && c.path.contains(APPROVALS))
+        .unwrap();
+    assert_eq!(
+        edit.body["components"],
+        json!([]),
+        "buttons gone in Discord"
+    );
+    assert!(
+        discord.posted_in(CHANNEL).is_empty(),
+        "a Slack run has no Discord card"
+    );
+}
+
+#[tokio::test]
+async fn a_run_started_in_discord_is_approved_in_slack_and_both_follow_it() {
+    let slack = common::FakeSlack::start().await;
+    let discord = FakeDiscord::start().await;
+    let app = both_platforms(&slack, &discord).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    slack
+        .calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
+        .await;
+    let click = common::slack::click("UOPS", "approve", &run);
+    let now = chrono::Utc::now().timestamp();
+    let (status, _) = common::slack::send_signed(
+        &app,
+        "/slack/interactions",
+        &click,
+        now,
+        common::slack::SECRET,
+    )
+    .await;
+    assert_eq!(status, 200);
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = discord
+        .calls_when(|calls| {
+            let all: String = calls
+                .iter()
+                .filter_map(|c| c.body["content"].as_str())
+                .collect();
+            all.contains("Approved by") && all.contains("SUCCESS")
+        })
+        .await;
+    let thread: String = calls
+        .iter()
+        .filter_map(|c| c.body["content"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(thread.contains("Approved by slack:UOPS"), "{thread}");
+    let discord_edit = discord
+        .calls_when(|calls| {
+            calls
+                .iter()
+                .any(|c| c.method == "PATCH" && c.path.contains(APPROVALS))
+        })
+        .await;
+    assert!(discord_edit.iter().any(|c| c.method == "PATCH"
+        && c.path.contains(APPROVALS)
+        && c.body["components"] == json!([])));
+    assert!(
+        !slack.text_in("C123").contains(&run),
+        "a Discord run has no Slack card"
+    );
+}
+
+#[tokio::test]
+async fn a_thread_that_could_not_start_with_the_card_is_started_by_the_first_reply() {
+    let fake = FakeDiscord::start().await;
+    fake.fail_threads_next.store(1, SeqCst);
+    let app = discord_app(&fake).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("SUCCESS")
+            })
+        })
+        .await;
+    let card = calls
+        .iter()
+        .find(|c| c.method == "POST" && c.path.ends_with(&format!("{CHANNEL}/messages")))
+        .unwrap();
+    let threads: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/threads"))
+        .collect();
+    assert_eq!(threads.len(), 1, "started once, by the first reply");
+    let card_id = threads[0].path.split('/').nth_back(1).unwrap();
+    assert!(
+        fake.posted_in(card_id).len() >= 3,
+        "the replies are in the thread"
+    );
+    assert!(card.body.get("message_reference").is_none());
 }

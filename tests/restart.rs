@@ -332,3 +332,147 @@ async fn slack_steps_survive_a_kill() {
         "the request was never posted twice"
     );
 }
+
+#[tokio::test]
+async fn discord_steps_survive_a_kill() {
+    use common::discord::{self as discord, FakeDiscord, APPROVALS, CHANNEL};
+    use std::sync::atomic::Ordering::SeqCst;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = common::deployment(&[]);
+    let config = dir.path().join("discord.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[teams]]\nidentifier = \"developers\"\ndiscord_users = [\"{}\"]\n\n[[teams]]\nidentifier = \"devops\"\ndiscord_users = [\"{}\"]\n",
+            discord::DEV,
+            discord::OPS
+        ),
+    )
+    .unwrap();
+    let env = vec![
+        ("PORTBOT_CONFIG", config.display().to_string()),
+        ("PORTBOT__DISCORD__ENABLED", "true".to_owned()),
+        ("PORTBOT__DISCORD__BOT_TOKEN", discord::BOT_TOKEN.to_owned()),
+        (
+            "PORTBOT__DISCORD__PUBLIC_KEY",
+            discord::PUBLIC_KEY.to_owned(),
+        ),
+        (
+            "PORTBOT__DISCORD__APPLICATION_ID",
+            discord::APPLICATION_ID.to_owned(),
+        ),
+        ("PORTBOT__DISCORD__API_URL", fake.api_url()),
+        ("PORTBOT__DISCORD__APPROVAL_CHANNEL", APPROVALS.to_owned()),
+    ];
+    let addr = free_addr();
+    let mut server = start_with(dir.path(), addr, "a.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let posted_about = |channel: &str, run: &str| {
+        fake.posted_in(channel)
+            .iter()
+            .filter(|m| m.to_string().contains(run))
+            .count()
+    };
+
+    // 1. A form opens; 2. a run is stored while Discord is down, so nothing is posted yet.
+    let (_, modal) = discord::send(
+        &app,
+        &discord::command(discord::DEV, "add-documentdb", Some("mailer"), None),
+    )
+    .await;
+    let form = modal["data"]["custom_id"]
+        .as_str()
+        .expect("a form")
+        .to_owned();
+    fake.fail_next.store(100_000, SeqCst);
+    let (status, answer) = discord::send(
+        &app,
+        &discord::command(
+            discord::DEV,
+            "add-documentdb",
+            Some("mailer"),
+            Some("instances=2"),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let first = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+
+    // After the restart the card, its thread and the approval request go out, once each.
+    fake.fail_next.store(0, SeqCst);
+    let mut server = start_with(dir.path(), addr, "b.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    fake.calls_when(|_| posted_about(CHANNEL, &first) == 1 && posted_about(APPROVALS, &first) == 1)
+        .await;
+    assert_eq!(
+        posted_about(CHANNEL, &first),
+        1,
+        "the card, after the restart"
+    );
+    assert_eq!(
+        posted_about(APPROVALS, &first),
+        1,
+        "the request, after the restart"
+    );
+
+    // The form opened before the kill can still be submitted.
+    let (_, created) = discord::send(
+        &app,
+        &discord::submit(discord::DEV, &form, &[("instances", "3")]),
+    )
+    .await;
+    assert_eq!(created["type"], 4, "{created}");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
+
+    // 3. The approval request posted before a kill is still decided by its button.
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    let _server = start_with(dir.path(), addr, "c.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_, answer) = discord::send(
+        &app,
+        &discord::click(discord::OPS, &format!("approve:{first}")),
+    )
+    .await;
+    assert_eq!(answer["type"], 6, "{answer}");
+    app.wait_for(&first, "SUCCESS").await;
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.method == "PATCH"
+                    && c.path.contains(APPROVALS)
+                    && c.body["components"] == json!([])
+                    && c.body.to_string().contains(&first)
+            }) && calls.iter().any(|c| {
+                c.body["content"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("SUCCESS")
+            })
+        })
+        .await;
+    assert!(
+        calls.iter().any(|c| c.body["content"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SUCCESS")),
+        "the thread followed the run"
+    );
+    assert_eq!(
+        posted_about(CHANNEL, &first),
+        1,
+        "the card was never posted twice"
+    );
+    assert_eq!(
+        posted_about(APPROVALS, &first),
+        1,
+        "the request was never posted twice"
+    );
+}

@@ -70,6 +70,24 @@ pub async fn send_raw(app: &TestApp, body: &str, timestamp: &str, signature: &st
     )
 }
 
+/// Turns Discord on against `fake`: approvals in `APPROVALS`, `DEV` a developer and `OPS` in
+/// devops.
+pub fn enable(settings: &mut portbot::config::Settings, fake: &FakeDiscord) {
+    settings.discord.enabled = true;
+    settings.discord.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
+    settings.discord.public_key = Some(PUBLIC_KEY.into());
+    settings.discord.application_id = Some(APPLICATION_ID.into());
+    settings.discord.api_url = fake.api_url();
+    settings.discord.approval_channel = Some(APPROVALS.into());
+    for team in &mut settings.teams {
+        match team.identifier.as_str() {
+            "developers" => team.discord_users.push(DEV.into()),
+            "devops" => team.discord_users.push(OPS.into()),
+            _ => {}
+        }
+    }
+}
+
 static INTERACTION: AtomicU64 = AtomicU64::new(1_400_000_000_000_000_000);
 
 /// An interaction of `kind` by `user` in `channel` with `data`, with every field Discord sends.
@@ -186,6 +204,8 @@ pub struct FakeDiscord {
     pub forbidden: Arc<Mutex<HashSet<String>>>,
     /// Refuse to start threads (as in a channel without the permission).
     pub no_threads: Arc<std::sync::atomic::AtomicBool>,
+    /// Answer this many next thread starts with HTTP 502.
+    pub fail_threads_next: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     /// Threads by id (= their message's id).
     threads: Arc<Mutex<HashSet<String>>>,
@@ -323,6 +343,9 @@ impl FakeDiscord {
             }
             ("PATCH", ["channels", channel, "messages", id]) => message(id, channel, &body),
             ("POST", ["channels", channel, "messages", id, "threads"]) => {
+                if take(&self.fail_threads_next) {
+                    return StatusCode::BAD_GATEWAY.into_response();
+                }
                 if self.no_threads.load(SeqCst) {
                     return error(StatusCode::FORBIDDEN, 50013, "Missing Permissions");
                 }
