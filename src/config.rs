@@ -90,8 +90,11 @@ pub struct SlackSettings {
 pub struct DiscordSettings {
     pub enabled: bool,
     pub bot_token: Option<Secret>,
-    /// The application's Ed25519 public key, hex (64 digits).
+    /// The application's Ed25519 public key, hex (64 digits); needed for the HTTP endpoint.
     pub public_key: Option<String>,
+    /// Receive interactions over Discord's gateway (a WebSocket portbot opens), for bots
+    /// Discord cannot reach over HTTPS.
+    pub gateway: bool,
     pub application_id: Option<String>,
     /// The REST API root, with its version (`https://discord.com/api/v10`).
     pub api_url: String,

@@ -163,24 +163,24 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
 /// settings stop the start.
 fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
     let discord = &settings.discord;
-    let (Some(bot_token), Some(public_key), Some(application_id)) = (
-        discord.bot_token.clone(),
-        discord.public_key.as_deref(),
-        discord.application_id.clone(),
-    ) else {
+    let (Some(bot_token), Some(application_id)) =
+        (discord.bot_token.clone(), discord.application_id.clone())
+    else {
         bail!(
-            "discord.enabled is true but discord.bot_token, discord.public_key or \
-             discord.application_id is not set (PORTBOT__DISCORD__BOT_TOKEN, ...)"
+            "discord.enabled is true but discord.bot_token or discord.application_id is not set \
+             (PORTBOT__DISCORD__BOT_TOKEN, PORTBOT__DISCORD__APPLICATION_ID)"
         );
     };
-    let key: [u8; 32] = hex::decode(public_key.trim())
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .context("discord.public_key must be the application's public key: 64 hex digits")?;
-    let verifier = serenity::interactions_endpoint::Verifier::try_new(key)
-        .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))?;
+    let verifier = match discord.public_key.as_deref() {
+        Some(key) => Some(Arc::new(discord_verifier(key)?)),
+        None if discord.gateway => None,
+        None => bail!(
+            "discord.public_key is not set: the interactions endpoint needs it \
+             (PORTBOT__DISCORD__PUBLIC_KEY), or use discord.gateway = true"
+        ),
+    };
     let messages = Arc::new(discord::load_messages(&settings.templates.path)?);
-    let api = discord::DiscordApi::new(&discord.api_url, bot_token);
+    let api = discord::DiscordApi::new(&discord.api_url, bot_token.clone());
     let surface = DiscordSurface {
         app: app.clone(),
         api: api.clone(),
@@ -193,15 +193,31 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         discord.approval_channel.is_some(),
         discord.max_concurrent,
     );
-    Ok(discord::router(discord::DiscordState {
+    let state = discord::DiscordState {
         app: app.clone(),
-        verifier: Arc::new(verifier),
+        verifier,
         messages,
         api,
         application_id,
         command: discord.command.clone(),
         answered: Arc::default(),
-    }))
+    };
+    if discord.gateway {
+        discord::gateway::spawn(state.clone(), bot_token);
+    }
+    Ok(match state.verifier.is_some() {
+        true => discord::router(state),
+        false => axum::Router::new(),
+    })
+}
+
+fn discord_verifier(public_key: &str) -> anyhow::Result<serenity::interactions_endpoint::Verifier> {
+    let key: [u8; 32] = hex::decode(public_key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .context("discord.public_key must be the application's public key: 64 hex digits")?;
+    serenity::interactions_endpoint::Verifier::try_new(key)
+        .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))
 }
 
 /// A chat platform's outbox workers: its run cards and threads and, when it has an approval

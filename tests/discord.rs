@@ -787,3 +787,51 @@ async fn a_thread_that_could_not_start_with_the_card_is_started_by_the_first_rep
     );
     assert!(card.body.get("message_reference").is_none());
 }
+
+#[tokio::test]
+async fn gateway_mode_answers_interactions_and_resumes_after_a_reconnect() {
+    let fake = FakeDiscord::start().await;
+    let gateway = common::discord::FakeGateway::start().await;
+    *fake.gateway_url.lock().unwrap() = Some(gateway.url.clone());
+    let app = TestApp::spawn_with(&[], |settings| {
+        common::discord::enable(settings, &fake);
+        settings.discord.public_key = None;
+        settings.discord.gateway = true;
+    })
+    .await;
+    let identify = gateway.sent(2, 1).await;
+    assert_eq!(identify[0]["d"]["token"], BOT_TOKEN);
+    assert_eq!(identify[0]["d"]["intents"], 0);
+    assert!(!gateway.sent(1, 1).await.is_empty(), "heartbeats");
+    // Without a public key there is no HTTP endpoint.
+    let (status, _) = send(&app, &json!({"type": 1})).await;
+    assert_eq!(status, 404);
+
+    let asked = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3"));
+    gateway.dispatch(asked.clone());
+    let callback = format!(
+        "/api/v10/interactions/{}/{}/callback",
+        asked["id"].as_str().unwrap(),
+        asked["token"].as_str().unwrap()
+    );
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.path == callback))
+        .await;
+    let answer = &calls
+        .iter()
+        .find(|c| c.path == callback)
+        .expect("the answer, through the callback")
+        .body;
+    let run = run_in(&private_text(answer));
+
+    // Discord asks for a reconnect: the session is resumed from the last sequence number.
+    gateway.reconnect();
+    let resume = gateway.sent(6, 1).await;
+    assert_eq!(resume.len(), 1, "resumed");
+    assert_eq!(resume[0]["d"]["session_id"], "s1");
+    assert!(resume[0]["d"]["seq"].as_u64().unwrap() >= 2);
+    assert_eq!(gateway.sent(2, 1).await.len(), 1, "not identified again");
+    let click = click(OPS, &format!("approve:{run}"));
+    gateway.dispatch(click.clone());
+    app.wait_for(&run, "SUCCESS").await;
+}

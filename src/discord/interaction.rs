@@ -79,8 +79,21 @@ struct User {
 }
 
 impl Interaction {
+    /// An interaction from the body Discord posts.
     pub fn parse(body: &[u8]) -> Result<Interaction, ParseError> {
-        let raw: Raw = serde_json::from_slice(body).map_err(|e| ParseError(e.to_string()))?;
+        serde_json::from_slice(body)
+            .map_err(|e| ParseError(e.to_string()))
+            .and_then(Interaction::from_raw)
+    }
+
+    /// An interaction from a gateway event's data.
+    pub fn from_value(data: Value) -> Result<Interaction, ParseError> {
+        serde_json::from_value(data)
+            .map_err(|e| ParseError(e.to_string()))
+            .and_then(Interaction::from_raw)
+    }
+
+    fn from_raw(raw: Raw) -> Result<Interaction, ParseError> {
         if raw.kind == 1 {
             return Ok(Interaction::Ping);
         }

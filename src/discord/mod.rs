@@ -8,6 +8,7 @@
 //! is edited when the answer is ready. A repeated interaction (same id) gets the first one's
 //! answer and changes nothing. Refusals are ephemeral and name the input and the rule.
 
+pub mod gateway;
 mod interaction;
 mod messages;
 pub mod register;
@@ -73,7 +74,8 @@ const EPHEMERAL: u64 = 64;
 #[derive(Clone)]
 pub struct DiscordState {
     pub app: App,
-    pub verifier: Arc<Verifier>,
+    /// The application's public key; without it (gateway only) there is no HTTP endpoint.
+    pub verifier: Option<Arc<Verifier>>,
     pub messages: Arc<Messages>,
     pub api: DiscordApi,
     pub application_id: String,
@@ -138,13 +140,21 @@ async fn interactions(
         Ok(interaction) => interaction,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
+    match respond(&state, interaction).await {
+        Some(answer) => Json(answer).into_response(),
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The first response to an interaction, however it arrived (HTTP or the gateway): the answer
+/// when it is ready within Discord's 3 seconds, else a deferral, and the answer follows later.
+/// `None` when answering failed unexpectedly (it is logged).
+async fn respond(state: &DiscordState, interaction: Interaction) -> Option<Value> {
     let (id, token, deferral) = match &interaction {
-        Interaction::Ping => return Json(json!({"type": PONG})).into_response(),
+        Interaction::Ping => return Some(json!({"type": PONG})),
         // Suggestions change nothing and must come at once.
-        Interaction::Autocomplete(asked) => {
-            return Json(autocomplete(&state, asked)).into_response()
-        }
-        Interaction::Other => return Json(json!({"type": DEFERRED_UPDATE})).into_response(),
+        Interaction::Autocomplete(asked) => return Some(autocomplete(state, asked)),
+        Interaction::Other => return Some(json!({"type": DEFERRED_UPDATE})),
         Interaction::Command(asked) => (asked.id.clone(), asked.token.clone(), DEFERRED_MESSAGE),
         Interaction::ModalSubmit(asked) => {
             (asked.id.clone(), asked.token.clone(), DEFERRED_MESSAGE)
@@ -160,18 +170,19 @@ async fn interactions(
             .clone()
     });
     match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
-        Ok(Ok(answer)) => Json(answer).into_response(),
+        Ok(Ok(answer)) => Some(answer),
         Ok(Err(error)) => {
             tracing::error!(%error, "a Discord interaction failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            None
         }
         Err(_) => {
+            let state = state.clone();
             tokio::spawn(async move {
                 if let Ok(answer) = task.await {
                     follow_up(&state, &token, deferral, answer).await;
                 }
             });
-            Json(json!({"type": deferral, "data": {"flags": EPHEMERAL}})).into_response()
+            Some(json!({"type": deferral, "data": {"flags": EPHEMERAL}}))
         }
     }
 }
@@ -191,6 +202,8 @@ fn verify(state: &DiscordState, headers: &HeaderMap, body: &[u8]) -> Result<(), 
     }
     state
         .verifier
+        .as_ref()
+        .ok_or("no public key is configured")?
         .verify(signature, timestamp, body)
         .map_err(|()| "bad signature")
 }

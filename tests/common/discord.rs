@@ -206,6 +206,8 @@ pub struct FakeDiscord {
     pub no_threads: Arc<std::sync::atomic::AtomicBool>,
     /// Answer this many next thread starts with HTTP 502.
     pub fail_threads_next: Arc<AtomicUsize>,
+    /// What `GET /gateway/bot` hands out.
+    pub gateway_url: Arc<Mutex<Option<String>>>,
     next_id: Arc<AtomicU64>,
     /// Threads by id (= their message's id).
     threads: Arc<Mutex<HashSet<String>>>,
@@ -290,7 +292,8 @@ impl FakeDiscord {
         let Some(route) = path.strip_prefix("/api/v10") else {
             return refuse(format!("not under /api/v10: {path}"));
         };
-        let webhook = route.starts_with("/webhooks/");
+        // Interaction responses and follow-ups carry the interaction's token instead.
+        let webhook = route.starts_with("/webhooks/") || route.starts_with("/interactions/");
         if !webhook && header("authorization") != format!("Bot {BOT_TOKEN}") {
             self.refused
                 .lock()
@@ -363,6 +366,10 @@ impl FakeDiscord {
             }
             ("PUT", ["applications", _, "commands"])
             | ("PUT", ["applications", _, "guilds", _, "commands"]) => body.clone(),
+            ("GET", ["gateway", "bot"]) => {
+                json!({"url": self.gateway_url.lock().unwrap().clone(), "shards": 1})
+            }
+            ("POST", ["interactions", _, _, "callback"]) => Value::Null,
             ("PATCH", ["webhooks", _, _, "messages", "@original"])
             | ("POST", ["webhooks", _, _]) => message("1", "0", &body),
             _ => return error(StatusCode::NOT_FOUND, 0, "404: Not Found"),
@@ -440,4 +447,106 @@ fn limits_broken(body: &Value) -> Option<String> {
         return Some("a message without allowed_mentions {parse: []}".into());
     }
     None
+}
+
+/// A fake Discord gateway (WebSocket, v10 JSON): `Hello` with a short heartbeat interval,
+/// `READY` after `Identify`, `RESUMED` after `Resume`, heartbeats acknowledged; the test sends
+/// dispatches and `Reconnect` to whoever is connected, and reads what the bot sent.
+#[derive(Clone, Default)]
+pub struct FakeGateway {
+    pub url: String,
+    /// Every frame the bot sent, in order.
+    pub received: Arc<Mutex<Vec<Value>>>,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    current: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Value>>>>,
+    seq: Arc<AtomicU64>,
+}
+
+impl FakeGateway {
+    pub async fn start() -> FakeGateway {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = FakeGateway {
+            url: format!("ws://{}", listener.local_addr().unwrap()),
+            ..FakeGateway::default()
+        };
+        let state = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(socket) = tokio_tungstenite::accept_async(stream).await else {
+                    continue;
+                };
+                state.connections.fetch_add(1, SeqCst);
+                let (mut outgoing, mut incoming) = socket.split();
+                let (send, mut to_send) = tokio::sync::mpsc::unbounded_channel::<Value>();
+                *state.current.lock().unwrap() = Some(send.clone());
+                let _ = send.send(json!({"op": 10, "d": {"heartbeat_interval": 300}}));
+                let state = state.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            Some(frame) = to_send.recv() => {
+                                if outgoing.send(Message::text(frame.to_string())).await.is_err() {
+                                    return;
+                                }
+                            }
+                            message = incoming.next() => {
+                                let Some(Ok(Message::Text(text))) = message else { return };
+                                let frame: Value = serde_json::from_str(&text).unwrap();
+                                state.received.lock().unwrap().push(frame.clone());
+                                let reply = match frame["op"].as_u64() {
+                                    Some(1) => json!({"op": 11}),
+                                    Some(2) => state.event("READY", json!({"session_id": "s1", "resume_gateway_url": state.url})),
+                                    Some(6) => state.event("RESUMED", json!({})),
+                                    _ => continue,
+                                };
+                                let _ = send.send(reply);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        fake
+    }
+
+    fn event(&self, name: &str, data: Value) -> Value {
+        json!({"op": 0, "t": name, "s": self.seq.fetch_add(1, SeqCst) + 1, "d": data})
+    }
+
+    fn to_bot(&self, frame: Value) {
+        let current = self.current.lock().unwrap();
+        current
+            .as_ref()
+            .expect("a connected bot")
+            .send(frame)
+            .unwrap();
+    }
+
+    /// Sends an interaction to the connected bot.
+    pub fn dispatch(&self, interaction: Value) {
+        self.to_bot(self.event("INTERACTION_CREATE", interaction));
+    }
+
+    /// Asks the connected bot to reconnect.
+    pub fn reconnect(&self) {
+        self.to_bot(json!({"op": 7, "d": null}));
+    }
+
+    /// The frames with opcode `op` the bot sent, once there are `count` (or after 10 s).
+    pub async fn sent(&self, op: u64, count: usize) -> Vec<Value> {
+        let frames = || -> Vec<Value> {
+            let received = self.received.lock().unwrap();
+            received.iter().filter(|f| f["op"] == op).cloned().collect()
+        };
+        for _ in 0..100 {
+            if frames().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        frames()
+    }
 }
