@@ -37,6 +37,19 @@ fn run_in(text: &str) -> String {
         .collect()
 }
 
+/// A run of `add-documentdb` on `mailer` requested in Discord by the developer: its id.
+async fn new_run(app: &TestApp) -> String {
+    let asked = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3"));
+    let (_, created) = send(app, &asked).await;
+    run_in(&private_text(&created))
+}
+
+/// The fake's calls once a message containing `text` was posted (or after 15 s).
+async fn until_posted(fake: &FakeDiscord, text: &str) -> Vec<common::discord::DiscordCall> {
+    fake.calls_when(|calls| calls.iter().any(|c| c.content().contains(text)))
+        .await
+}
+
 #[tokio::test]
 async fn pings_are_answered_and_forged_or_stale_requests_are_refused_storing_nothing() {
     let fake = FakeDiscord::start().await;
@@ -158,13 +171,9 @@ async fn the_whole_story_command_approval_backend_logs_success_and_catalog() {
     let thread = format!("/api/v10/channels/{card_id}/messages");
     let calls = fake
         .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.path == thread
-                    && c.body["content"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .contains("SUCCESS")
-            })
+            calls
+                .iter()
+                .any(|c| c.path == thread && c.content().contains("SUCCESS"))
         })
         .await;
     let in_thread: Vec<String> = calls
@@ -212,11 +221,7 @@ async fn the_whole_story_command_approval_backend_logs_success_and_catalog() {
         )
         .await;
     assert_eq!(status, 200, "{entity}");
-    assert!(
-        fake.refused.lock().unwrap().is_empty(),
-        "{:?}",
-        fake.refused.lock().unwrap()
-    );
+    fake.assert_nothing_refused();
 }
 
 #[tokio::test]
@@ -395,12 +400,7 @@ async fn a_repeated_interaction_gets_the_same_answer_and_does_nothing_twice() {
 async fn declining_asks_for_a_reason_that_reaches_the_thread() {
     let fake = FakeDiscord::start().await;
     let app = discord_app(&fake).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     let (_, refused) = send(&app, &click(DEV, &format!("decline:{run}"))).await;
     assert!(
         private_text(&refused).contains("may not decide"),
@@ -421,34 +421,18 @@ async fn declining_asks_for_a_reason_that_reaches_the_thread() {
     assert_eq!(done, json!({"type": 6}));
     assert_eq!(app.run(&run).await["status"], "DECLINED");
     let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.body["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("Declined")
-            })
-        })
+        .calls_when(|calls| calls.iter().any(|c| c.content().contains("Declined")))
         .await;
     let declined = calls
         .iter()
-        .find(|c| {
-            c.body["content"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("Declined")
-        })
+        .find(|c| c.content().contains("Declined"))
         .unwrap();
     let content = declined.body["content"].as_str().unwrap();
     assert!(
         content.contains("the shared cluster") && !content.contains("<@everyone>"),
         "{content}"
     );
-    assert!(
-        fake.refused.lock().unwrap().is_empty(),
-        "{:?}",
-        fake.refused.lock().unwrap()
-    );
+    fake.assert_nothing_refused();
 }
 
 #[tokio::test]
@@ -478,14 +462,7 @@ async fn rate_limits_and_outages_are_waited_out_and_every_line_arrives_once_in_o
         assert_eq!(status, 200, "{body}");
     }
     let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.body["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("line 29")
-            })
-        })
+        .calls_when(|calls| calls.iter().any(|c| c.content().contains("line 29")))
         .await;
     let text: String = calls
         .iter()
@@ -503,11 +480,7 @@ async fn rate_limits_and_outages_are_waited_out_and_every_line_arrives_once_in_o
     }
     assert!(text.contains("[line cut]"), "the long line is cut visibly");
     assert!(fake.throttled.load(SeqCst) >= 3);
-    assert!(
-        fake.refused.lock().unwrap().is_empty(),
-        "{:?}",
-        fake.refused.lock().unwrap()
-    );
+    fake.assert_nothing_refused();
 }
 
 #[tokio::test]
@@ -516,12 +489,7 @@ async fn without_access_to_the_channel_the_card_goes_to_the_requester_and_a_miss
     let fake = FakeDiscord::start().await;
     fake.forbidden.lock().unwrap().insert(CHANNEL.into());
     let app = discord_app(&fake).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     let direct = format!("9{DEV}");
     let calls = fake
         .calls_when(|calls| calls.iter().any(|c| c.path.ends_with("/threads")))
@@ -575,24 +543,10 @@ async fn where_threads_are_refused_replies_go_under_the_card() {
     let fake = FakeDiscord::start().await;
     fake.no_threads.store(true, SeqCst);
     let app = discord_app(&fake).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
     app.wait_for(&run, "SUCCESS").await;
-    let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.body["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("SUCCESS")
-            })
-        })
-        .await;
+    let calls = until_posted(&fake, "SUCCESS").await;
     let card = calls
         .iter()
         .find(|c| c.path.ends_with(&format!("{CHANNEL}/messages")))
@@ -696,12 +650,7 @@ async fn a_run_started_in_discord_is_approved_in_slack_and_both_follow_it() {
     let slack = common::FakeSlack::start().await;
     let discord = FakeDiscord::start().await;
     let app = both_platforms(&slack, &discord).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     slack
         .calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
         .await;
@@ -753,24 +702,10 @@ async fn a_thread_that_could_not_start_with_the_card_is_started_by_the_first_rep
     let fake = FakeDiscord::start().await;
     fake.fail_threads_next.store(1, SeqCst);
     let app = discord_app(&fake).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
     app.wait_for(&run, "SUCCESS").await;
-    let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.body["content"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("SUCCESS")
-            })
-        })
-        .await;
+    let calls = until_posted(&fake, "SUCCESS").await;
     let card = calls
         .iter()
         .find(|c| c.method == "POST" && c.path.ends_with(&format!("{CHANNEL}/messages")))

@@ -202,18 +202,25 @@ async fn until(what: &str, fake: &FakeSlack, log: &Path, mut check: impl FnMut()
     );
 }
 
+/// A config file whose teams have a chat developer and a chat approver (`key` is
+/// `slack_users` or `discord_users`).
+fn teams_file(dir: &Path, key: &str, developer: &str, approver: &str) -> std::path::PathBuf {
+    let config = dir.join("teams.toml");
+    let teams = format!(
+        "[[teams]]\nidentifier = \"developers\"\n{key} = [\"{developer}\"]\n\n\
+         [[teams]]\nidentifier = \"devops\"\n{key} = [\"{approver}\"]\n"
+    );
+    std::fs::write(&config, teams).unwrap();
+    config
+}
+
 #[tokio::test]
 async fn slack_steps_survive_a_kill() {
     let _alone = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::Ordering::SeqCst;
     let fake = FakeSlack::start().await;
     let dir = common::deployment(&[]);
-    let config = dir.path().join("slack.toml");
-    std::fs::write(
-        &config,
-        "[[teams]]\nidentifier = \"developers\"\nslack_users = [\"UDEV\"]\n\n[[teams]]\nidentifier = \"devops\"\nslack_users = [\"UOPS\"]\n",
-    )
-    .unwrap();
+    let config = teams_file(dir.path(), "slack_users", "UDEV", "UOPS");
     let env = vec![
         ("PORTBOT_CONFIG", config.display().to_string()),
         ("PORTBOT__SLACK__ENABLED", "true".to_owned()),
@@ -340,16 +347,7 @@ async fn discord_steps_survive_a_kill() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let fake = FakeDiscord::start().await;
     let dir = common::deployment(&[]);
-    let config = dir.path().join("discord.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[teams]]\nidentifier = \"developers\"\ndiscord_users = [\"{}\"]\n\n[[teams]]\nidentifier = \"devops\"\ndiscord_users = [\"{}\"]\n",
-            discord::DEV,
-            discord::OPS
-        ),
-    )
-    .unwrap();
+    let config = teams_file(dir.path(), "discord_users", discord::DEV, discord::OPS);
     let env = vec![
         ("PORTBOT_CONFIG", config.display().to_string()),
         ("PORTBOT__DISCORD__ENABLED", "true".to_owned()),

@@ -52,8 +52,10 @@ pub const ORIGIN: &str = "DISCORD";
 const MAX_BODY: usize = 64 * 1024;
 /// Requests older (or newer) than this are refused as replays.
 const MAX_AGE_SECONDS: i64 = 300;
-/// An interaction's token lives 15 minutes; its answer is kept as long for repeats.
+/// An interaction's token lives 15 minutes; its answer is kept as long for repeats, for at
+/// most this many interactions (the oldest are forgotten first), so memory stays bounded.
 const REMEMBERED: Duration = Duration::from_secs(15 * 60);
+const REMEMBERED_AT_MOST: usize = 50_000;
 /// Discord waits 3 seconds for the first response; past this portbot defers.
 const ANSWER_WITHIN: Duration = Duration::from_millis(2_500);
 /// Text inputs in one Discord modal.
@@ -111,7 +113,7 @@ impl Answered {
         let Recent { cells, order } = &mut *recent;
         let now = Instant::now();
         while let Some((at, old)) = order.front() {
-            if now.duration_since(*at) < REMEMBERED {
+            if now.duration_since(*at) < REMEMBERED && order.len() < REMEMBERED_AT_MOST {
                 break;
             }
             cells.remove(old);

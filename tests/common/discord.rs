@@ -187,6 +187,13 @@ pub struct DiscordCall {
     pub body: Value,
 }
 
+impl DiscordCall {
+    /// The message text the call sent, if any.
+    pub fn content(&self) -> &str {
+        self.body["content"].as_str().unwrap_or_default()
+    }
+}
+
 /// A fake Discord REST API (`…/api/v10`) on loopback.
 #[derive(Clone, Default)]
 pub struct FakeDiscord {
@@ -238,6 +245,12 @@ impl FakeDiscord {
 
     pub fn api_url(&self) -> String {
         format!("http://{}/api/v10", self.addr.unwrap())
+    }
+
+    /// Fails the test if portbot sent anything Discord would refuse.
+    pub fn assert_nothing_refused(&self) {
+        let refused = self.refused.lock().unwrap();
+        assert!(refused.is_empty(), "Discord would refuse: {refused:?}");
     }
 
     pub fn calls(&self) -> Vec<DiscordCall> {
