@@ -103,6 +103,9 @@ pub struct DiscordSettings {
     pub command: String,
     /// Runs whose messages are being delivered at once.
     pub max_concurrent: usize,
+    /// An answer not ready this long after an interaction arrived is deferred (Discord waits
+    /// 3 s for the first response) and sent when ready.
+    pub defer_after_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -201,6 +201,7 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         application_id,
         command: discord.command.clone(),
         answered: Arc::default(),
+        answer_within: std::time::Duration::from_millis(discord.defer_after_ms),
     };
     if discord.gateway {
         discord::gateway::spawn(state.clone(), bot_token);

@@ -770,3 +770,36 @@ async fn gateway_mode_answers_interactions_and_resumes_after_a_reconnect() {
     gateway.dispatch(click.clone());
     app.wait_for(&run, "SUCCESS").await;
 }
+
+#[tokio::test]
+async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
+    let fake = FakeDiscord::start().await;
+    let app = TestApp::spawn_with(&[], |settings| {
+        common::discord::enable(settings, &fake);
+        settings.discord.defer_after_ms = 0;
+    })
+    .await;
+    // A command: "thinking…" (private), then the answer replaces it.
+    let asked = command(DEV, "add-documentdb", Some("mailer"), Some("instances=3"));
+    let (_, first) = send(&app, &asked).await;
+    assert_eq!(first, json!({"type": 5, "data": {"flags": 64}}));
+    let original = format!(
+        "/api/v10/webhooks/{}/{}/messages/@original",
+        common::discord::APPLICATION_ID,
+        asked["token"].as_str().unwrap()
+    );
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.path == original))
+        .await;
+    let edit = calls
+        .iter()
+        .find(|c| c.path == original)
+        .expect("the original edited");
+    assert_eq!(edit.method, "PATCH");
+    assert!(
+        edit.content().contains("WAITING_FOR_APPROVAL"),
+        "{:?}",
+        edit.body
+    );
+    fake.assert_nothing_refused();
+}

@@ -56,8 +56,6 @@ const MAX_AGE_SECONDS: i64 = 300;
 /// most this many interactions (the oldest are forgotten first), so memory stays bounded.
 const REMEMBERED: Duration = Duration::from_secs(15 * 60);
 const REMEMBERED_AT_MOST: usize = 50_000;
-/// Discord waits 3 seconds for the first response; past this portbot defers.
-const ANSWER_WITHIN: Duration = Duration::from_millis(2_500);
 /// Text inputs in one Discord modal.
 const MODAL_INPUTS: usize = 5;
 /// Choices in one autocomplete answer, and actions listed in one message.
@@ -84,6 +82,8 @@ pub struct DiscordState {
     /// The application command's name (`port`), for help texts.
     pub command: String,
     pub answered: Arc<Answered>,
+    /// Discord waits 3 seconds for the first response; past this portbot defers.
+    pub answer_within: Duration,
 }
 
 pub fn router(state: DiscordState) -> Router {
@@ -171,7 +171,7 @@ async fn respond(state: &DiscordState, interaction: Interaction) -> Option<Value
             .await
             .clone()
     });
-    match tokio::time::timeout(ANSWER_WITHIN, &mut task).await {
+    match tokio::time::timeout(state.answer_within, &mut task).await {
         Ok(Ok(answer)) => Some(answer),
         Ok(Err(error)) => {
             tracing::error!(%error, "a Discord interaction failed");
