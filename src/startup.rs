@@ -67,6 +67,10 @@ impl Application {
                 webhook: settings.backends.webhook.clone(),
                 clients: settings.api.clients.clone(),
                 max_concurrent: settings.backends.max_concurrent.max(1),
+                github: settings.github.clone(),
+                iac_templates: settings.iac.templates_path.clone(),
+                work_dir: beside(&settings.storage.path, "gitops"),
+                public_url: settings.server.public_url.clone(),
             },
         );
         let mut router = api::router(ApiState {
@@ -76,6 +80,9 @@ impl Application {
         });
         if settings.slack.enabled {
             router = router.merge(start_slack(&settings, &app)?);
+        }
+        if let Some(secret) = settings.github.webhook_secret.clone() {
+            router = router.merge(crate::github::webhook::router(app.clone(), secret));
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -157,6 +164,14 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         slack::socket::spawn(state.clone(), app_token);
     }
     Ok(slack::router(state))
+}
+
+/// `<path>.<suffix>`: a folder beside the store (as its write-ahead log is).
+fn beside(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    name.into()
 }
 
 fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {

@@ -8,21 +8,30 @@
 //!
 //! After a restart, a due `Started` event is invoked again (a webhook is sent again), except for
 //! `COMMAND`: a command that may already have run partly is not started twice; its run fails
-//! with an explanation.
+//! with an explanation. `GITOPS` and `GITHUB` look for what an earlier attempt made first.
+//!
+//! GITOPS and GITHUB runs wait on GitHub or a git remote after their invocation; `watch`
+//! follows them (webhook reports and polling).
 
 mod command;
+mod github_workflow;
+mod gitops;
+pub mod watch;
 mod webhook;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::worker::{self, Deliver};
 use crate::app::{App, AppError, Consumer, Delivery, Pending};
-use crate::config::{ApiClient, WebhookSettings};
+use crate::config::{ApiClient, GithubSettings, WebhookSettings};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
 use crate::core::run::{EventKind, Run, RunStatus};
 
+pub use github_workflow::workflow_observation;
+pub(crate) use webhook::without_url;
 pub use webhook::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// How an invocation went: `Ok(Some(note))` when the backend took the run and will report on its
@@ -45,6 +54,13 @@ pub struct BackendConfig {
     pub clients: Vec<ApiClient>,
     /// Runs handled at once; more wait their turn (in memory as ids, durably as outbox marks).
     pub max_concurrent: usize,
+    pub github: GithubSettings,
+    /// `iac.templates_path`: GITOPS file templates.
+    pub iac_templates: PathBuf,
+    /// Where GITOPS clones repositories (beside the store).
+    pub work_dir: PathBuf,
+    /// `server.public_url`, for links back to runs.
+    pub public_url: String,
 }
 
 #[derive(Clone)]
@@ -52,6 +68,7 @@ struct Dispatcher {
     app: App,
     config: Arc<BackendConfig>,
     http: reqwest::Client,
+    github: crate::github::GitHub,
 }
 
 /// Starts the dispatcher; it runs until the process stops.
@@ -61,11 +78,14 @@ pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
         .build()
         .expect("the HTTP client builds");
     let max_concurrent = config.max_concurrent;
+    let poll_every = Duration::from_secs(config.github.poll_interval_seconds);
     let dispatcher = Dispatcher {
         app: app.clone(),
+        github: crate::github::GitHub::new(&config.github),
         config: Arc::new(config),
         http,
     };
+    watch::spawn(dispatcher.clone(), poll_every);
     worker::spawn(app, CONSUMER, dispatcher, max_concurrent)
 }
 
@@ -121,6 +141,11 @@ impl Dispatcher {
                 }
             },
             Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| None),
+            // Safe to repeat: each looks for the branch, pull request or workflow run first.
+            Invocation::Gitops(gitops) => gitops::invoke(self, &run, action, gitops).await,
+            Invocation::GithubWorkflow(workflow) => {
+                github_workflow::invoke(self, &run, action, workflow).await
+            }
         };
         let ok = self
             .app
