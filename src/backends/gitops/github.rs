@@ -30,7 +30,7 @@ pub(super) async fn publish(
     let mut notes = Vec::new();
     match branch_sha(github, repo, &files.branch).await? {
         Some(sha) => notes.push(format!(
-            "branch {} ({}) was made before a restart; kept",
+            "branch {} ({}) was made by an earlier attempt; kept",
             files.branch,
             short(&sha)
         )),
@@ -58,7 +58,7 @@ pub(super) async fn publish(
     notes.push(if opened {
         format!("opened pull request {url}")
     } else {
-        format!("pull request {url} was opened before a restart; kept")
+        format!("pull request {url} was opened by an earlier attempt; kept")
     });
     Ok(Published {
         link: url,
