@@ -36,14 +36,8 @@ async fn approved(app: &TestApp, action: &str, entity: &str, inputs: Value) -> (
     let run = app.run_id(DEV, action, Some(entity), inputs).await;
     let (status, body) = app.decide(OPS, &run, "APPROVE").await;
     assert_eq!(status, 200, "{body}");
-    for _ in 0..200 {
-        let current = app.run(&run).await;
-        if current["link"].is_string() || current["status"] != "IN_PROGRESS" {
-            return (run, current);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("run {run} never got a link: {}", app.run(&run).await);
+    let current = app.wait_for_link(&run).await;
+    (run, current)
 }
 
 #[tokio::test]
@@ -147,18 +141,8 @@ async fn a_pull_request_is_opened_and_its_merge_through_the_webhook_ends_the_run
         )),
         "{logs:?}"
     );
-    let (_, resource) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        resource["entity"]["properties"]["instances"], 3,
-        "{resource}"
-    );
+    let (_, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(resource["properties"]["instances"], 3, "{resource}");
     // Sent again (GitHub's redelivery): nothing changes.
     let (status, _) = send_event(&app.base, "pull_request", &merged, WEBHOOK_SECRET).await;
     assert_eq!(status, 200);
@@ -208,14 +192,7 @@ async fn a_pull_request_closed_unmerged_fails_the_run_and_malformed_events_get_a
     assert_eq!(status, 200);
     let failed = app.wait_for(&run, "FAILURE").await;
     assert_eq!(failed["statusLabel"], "closed unmerged");
-    let (status, _) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
+    let (status, _) = app.entity("Resource", "mailer-documentdb").await;
     assert_eq!(status, 404, "no catalog change without a merge");
 }
 

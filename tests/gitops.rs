@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::git::{terraform_fmt_check, BareRepo};
 use common::TestApp;
 use serde_json::{json, Value};
@@ -33,22 +31,10 @@ async fn spawn(repo: &BareRepo) -> TestApp {
     TestApp::spawn_with(&actions, |s| s.github.poll_interval_seconds = 1).await
 }
 
-/// Waits until the run has a link (its change is published); returns the run.
-async fn published(app: &TestApp, run: &str) -> Value {
-    for _ in 0..200 {
-        let current = app.run(run).await;
-        if current["link"].is_string() || current["status"] != "IN_PROGRESS" {
-            return current;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("run {run} was never published: {}", app.run(run).await);
-}
-
 async fn approved_and_published(app: &TestApp, run: &str) -> Value {
     let (status, body) = app.decide(OPS, run, "APPROVE").await;
     assert_eq!(status, 200, "{body}");
-    published(app, run).await
+    app.wait_for_link(run).await
 }
 
 #[tokio::test]
@@ -116,28 +102,11 @@ async fn create_day2_and_delete_runs_change_one_file_through_reviewed_branches()
     repo.merge(&branch);
     let done = app.wait_for(&first, "SUCCESS").await;
     assert_eq!(done["statusLabel"], "merged");
-    let (_, resource) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(
-        resource["entity"]["properties"]["instances"], 3,
-        "{resource}"
-    );
-    let (_, mailer) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Component/entities/mailer",
-            None,
-            None,
-        )
-        .await;
+    let (_, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(resource["properties"]["instances"], 3, "{resource}");
+    let (_, mailer) = app.entity("Component", "mailer").await;
     assert!(
-        mailer["entity"]["relations"]["resources"]
+        mailer["relations"]["resources"]
             .as_array()
             .unwrap()
             .contains(&json!("mailer-documentdb")),
@@ -173,15 +142,8 @@ async fn create_day2_and_delete_runs_change_one_file_through_reviewed_branches()
         .filter(|f| f.starts_with("terraform/documentdb/"))
         .collect();
     assert_eq!(documentdb_files, vec![FILE.to_owned()]);
-    let (_, resource) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(resource["entity"]["properties"]["instances"], 4);
+    let (_, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(resource["properties"]["instances"], 4);
 
     // 3. Delete: a branch that removes the file. Deleting the branch unmerged fails the run.
     let abandoned = app
@@ -214,14 +176,7 @@ async fn create_day2_and_delete_runs_change_one_file_through_reviewed_branches()
     repo.merge(&format!("portbot/{removal}"));
     app.wait_for(&removal, "SUCCESS").await;
     assert!(!repo.files("main").contains(&FILE.to_owned()));
-    let (status, _) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
+    let (status, _) = app.entity("Resource", "mailer-documentdb").await;
     assert_eq!(status, 404);
 
     // Deleting what is not there is refused with the reason.

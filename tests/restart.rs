@@ -377,14 +377,7 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
 
     let _server = start_with(dir.path(), addr, "second.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
-    let mut current = app.run(&run).await;
-    for _ in 0..100 {
-        if current["link"].is_string() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        current = app.run(&run).await;
-    }
+    let current = app.wait_for_link(&run).await;
     assert_eq!(
         current["link"],
         format!("https://github.example/{REPO}/pull/1"),

@@ -155,6 +155,18 @@ fn registry(language: Language) -> &'static Handlebars<'static> {
 
 /// Escapes text for the inside of an HCL quoted string (a template literal).
 pub fn escape_hcl(value: &str) -> String {
+    escape_quoted(value, true)
+}
+
+/// Escapes text for the inside of a YAML double-quoted scalar.
+pub fn escape_yaml(value: &str) -> String {
+    escape_quoted(value, false)
+}
+
+/// Both languages take `\\ \" \n \r \t` and `\uNNNN` in a double-quoted string. Control
+/// characters, line separators and the non-characters YAML does not print become `\uNNNN`;
+/// in HCL, `${` and `%{` become `$${` and `%%{` (literal text, not interpolation).
+fn escape_quoted(value: &str, hcl: bool) -> String {
     let mut out = String::with_capacity(value.len());
     let mut chars = value.chars().peekable();
     while let Some(c) = chars.next() {
@@ -164,28 +176,10 @@ pub fn escape_hcl(value: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            '$' | '%' if chars.peek() == Some(&'{') => {
+            '$' | '%' if hcl && chars.peek() == Some(&'{') => {
                 out.push(c);
                 out.push(c);
             }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Escapes text for the inside of a YAML double-quoted scalar.
-pub fn escape_yaml(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            // Control characters, line separators and non-characters YAML does not print.
             c if c.is_control()
                 || matches!(
                     c,
