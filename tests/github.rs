@@ -214,12 +214,22 @@ async fn without_a_webhook_polling_sees_the_merge_and_the_endpoint_is_absent() {
         json!({"instances": 3}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // CI's plan, polled: logged once however often it is seen.
+    fake.repo.lock().unwrap().check_runs.push(
+        json!({"name": "terraform-plan", "status": "completed",
+        "conclusion": "success", "html_url": "https://github.example/acme/infra/runs/9",
+        "head_branch": format!("portbot/{run}")}),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let current = app.run(&run).await;
     assert_eq!(
-        app.run(&run).await["status"],
-        "IN_PROGRESS",
+        current["status"], "IN_PROGRESS",
         "an open pull request waits"
     );
+    assert_eq!(current["statusLabel"], "terraform-plan: success");
+    let plan = "CI terraform-plan: success (https://github.example/acme/infra/runs/9)";
+    let logs = app.log_lines(&run).await;
+    assert_eq!(logs.iter().filter(|l| *l == plan).count(), 1, "{logs:?}");
     fake.close_pull(&format!("portbot/{run}"), true);
     app.wait_for(&run, "SUCCESS").await;
     let logs = app.log_lines(&run).await;

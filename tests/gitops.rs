@@ -7,7 +7,8 @@
 mod common;
 
 use common::git::{terraform_fmt_check, BareRepo};
-use common::TestApp;
+use common::slack::{form, send_signed, SECRET};
+use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
 
 const DEV: &str = "dev@example.com";
@@ -24,11 +25,22 @@ fn shipped(identifier: &str, repo: &BareRepo) -> Value {
 }
 
 async fn spawn(repo: &BareRepo) -> TestApp {
+    spawn_with(repo, |_| {}).await
+}
+
+async fn spawn_with(
+    repo: &BareRepo,
+    tweak: impl FnOnce(&mut portbot::config::Settings),
+) -> TestApp {
     let actions = [
         shipped("add-documentdb-gitops", repo),
         shipped("remove-documentdb-gitops", repo),
     ];
-    TestApp::spawn_with(&actions, |s| s.github.poll_interval_seconds = 1).await
+    TestApp::spawn_with(&actions, |s| {
+        s.github.poll_interval_seconds = 1;
+        tweak(s);
+    })
+    .await
 }
 
 async fn approved_and_published(app: &TestApp, run: &str) -> Value {
@@ -265,5 +277,51 @@ fn check_reports_unsafe_iac_templates_with_file_and_field() {
             text.contains(&format!("{prefix}{expected}")),
             "expected `{expected}` in:\n{text}"
         );
+    }
+}
+
+#[tokio::test]
+async fn the_chat_thread_shows_the_branch_the_merge_and_the_catalog_change() {
+    let repo = BareRepo::new();
+    let slack = FakeSlack::start().await;
+    let api_url = slack.api_url();
+    let app = spawn_with(&repo, |s| common::slack::enable(s, api_url)).await;
+    let (status, body) = send_signed(
+        &app,
+        "/slack/commands",
+        &form("UDEV", "add-documentdb-gitops mailer instances=3"),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = runs["runs"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for_link(&run).await;
+    repo.merge(&format!("portbot/{run}"));
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = slack
+        .calls_when(|calls| mentions(calls, "your run ended: *SUCCESS*"))
+        .await;
+    let thread = calls
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
+        .map(|c| c.body["blocks"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut at = 0;
+    for expected in [
+        "Approved by <@UOPS>",
+        &format!("pushed branch portbot/{run}"),
+        "the change was merged into main (seen by polling)",
+        "Catalog",
+        "<@UDEV> your run ended: *SUCCESS*",
+    ] {
+        let found = thread[at..]
+            .find(expected)
+            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
+        at += found;
     }
 }

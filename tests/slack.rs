@@ -4,13 +4,9 @@
 
 mod common;
 
-use common::slack::{click, form, send_signed, signature, submission};
+use common::slack::{click, form, send_signed, signature, submission, BOT_TOKEN, SECRET};
 use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
-
-const SECRET: &str = "test-signing-secret";
-
-const BOT_TOKEN: &str = "xoxb-test-token";
 
 async fn slack_app() -> TestApp {
     slack_app_with(&FakeSlack::start().await).await
@@ -27,19 +23,7 @@ async fn slack_app_tweaked(
     let api_url = fake.api_url();
     TestApp::spawn_with(&[], move |settings| {
         tweak(settings);
-        settings.slack.enabled = true;
-        settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
-        settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
-        settings.slack.api_url = api_url;
-        settings.slack.approval_channel = Some("CAPPROVE".into());
-        settings.slack.message_interval_ms = 100;
-        for team in &mut settings.teams {
-            match team.identifier.as_str() {
-                "developers" => team.slack_users.push("UDEV".into()),
-                "devops" => team.slack_users.push("UOPS".into()),
-                _ => {}
-            }
-        }
+        common::slack::enable(settings, api_url);
     })
     .await
 }

@@ -24,7 +24,11 @@ impl App {
             let Invocation::Gitops(theirs) = &other.invocation else {
                 continue;
             };
-            let held = theirs.lock_keys(&self.template_context(&active))?;
+            // A run whose paths no longer render (its entity is gone) holds nothing it could
+            // still write; it must not block every other request.
+            let Ok(held) = theirs.lock_keys(&self.template_context(&active)) else {
+                continue;
+            };
             if let Some(resource) = wanted.iter().find(|key| held.contains(key)) {
                 return Err(RequestError::Locked {
                     resource: resource.clone(),

@@ -31,6 +31,7 @@ use crate::core::ids::RunId;
 use crate::core::run::{EventKind, Run, RunStatus};
 
 pub use github_workflow::workflow_observation;
+pub use gitops::check_observation;
 pub(crate) use webhook::without_url;
 pub use webhook::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 

@@ -15,7 +15,7 @@ use super::{github_workflow, gitops, Dispatcher};
 use crate::app::{App, AppError, RunPatch};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
-use crate::core::run::{RunError, RunStatus};
+use crate::core::run::{EventKind, RunError, RunStatus};
 
 /// Something GitHub or the git remote said about a run.
 #[derive(Debug, Clone)]
@@ -73,12 +73,18 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
             },
         ) => {
             let outcome = conclusion.unwrap_or(status);
-            let label = format!("{name}: {outcome}");
-            if run.status_label.as_deref() == Some(label.as_str()) {
+            let link = url.map(|u| format!(" ({u})")).unwrap_or_default();
+            let line = format!("CI {name}: {outcome}{link}");
+            // Polling sees a finished check again and again, and GitHub may redeliver: each
+            // result is logged once.
+            let logged = app
+                .events(id, 0)?
+                .into_iter()
+                .any(|e| matches!(e.kind, EventKind::Log { message } if message == line));
+            if logged {
                 return Ok(());
             }
-            let link = url.map(|u| format!(" ({u})")).unwrap_or_default();
-            app.append_log(id, format!("CI {name}: {outcome}{link}"), None, Some(label))
+            app.append_log(id, line, None, Some(format!("{name}: {outcome}")))
                 .await
         }
         (
@@ -159,6 +165,17 @@ async fn poll(dispatcher: &Dispatcher) {
         let observed = match &action.invocation {
             // Only once the change is published (its link is set).
             Invocation::Gitops(g) if run.link.is_some() => {
+                for check in gitops::checks(dispatcher, &run, g)
+                    .await
+                    .unwrap_or_else(|reason| {
+                        tracing::warn!(run = %run.id, %reason, "cannot poll the checks");
+                        Vec::new()
+                    })
+                {
+                    if let Err(error) = conclude(app, &run.id, check).await {
+                        tracing::warn!(run = %run.id, %error, "polled check not recorded");
+                    }
+                }
                 match gitops::review(dispatcher, &run, g).await {
                     Ok(gitops::Review::Merged) => Ok(Some(Observation::Merged(format!(
                         "the change was merged into {} (seen by polling)",

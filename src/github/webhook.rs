@@ -27,7 +27,7 @@ use sha2::Sha256;
 
 use crate::app::{App, AppError};
 use crate::backends::watch::{conclude, Observation};
-use crate::backends::workflow_observation;
+use crate::backends::{check_observation, workflow_observation};
 use crate::config::Secret;
 use crate::core::gitops::run_of_branch;
 use crate::core::ids::RunId;
@@ -155,15 +155,7 @@ fn observation(event: &str, payload: &Value) -> Option<(RunId, Observation)> {
             let branch = check["check_suite"]["head_branch"]
                 .as_str()
                 .or_else(|| check["pull_requests"][0]["head"]["ref"].as_str())?;
-            Some((
-                run_of_branch(branch)?,
-                Observation::Check {
-                    name: text(&check["name"]).unwrap_or_else(|| "check".into()),
-                    status: text(&check["status"]).unwrap_or_default(),
-                    conclusion: text(&check["conclusion"]),
-                    url: text(&check["html_url"]),
-                },
-            ))
+            Some((run_of_branch(branch)?, check_observation(check)))
         }
         "workflow_run" => {
             let workflow_run = &payload["workflow_run"];

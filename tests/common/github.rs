@@ -39,6 +39,8 @@ pub struct Repo {
     pub trees: HashMap<String, BTreeMap<String, String>>,
     pub pulls: Vec<Value>,
     pub workflow_runs: Vec<Value>,
+    /// Check runs, each with the `head_branch` it ran on.
+    pub check_runs: Vec<Value>,
     next: usize,
 }
 
@@ -346,6 +348,18 @@ impl FakeGitHub {
                     );
                 }
                 (StatusCode::CREATED, pull)
+            }
+            ("GET", r) if r.starts_with("/commits/") && r.ends_with("/check-runs") => {
+                let branch = &r["/commits/".len()..r.len() - "/check-runs".len()];
+                let runs: Vec<&Value> = repo
+                    .check_runs
+                    .iter()
+                    .filter(|c| c["head_branch"] == branch)
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"total_count": runs.len(), "check_runs": runs}),
+                )
             }
             ("POST", r) if r.starts_with("/actions/workflows/") && r.ends_with("/dispatches") => {
                 (StatusCode::NO_CONTENT, Value::Null)

@@ -7,6 +7,27 @@ use sha2::Sha256;
 
 use super::TestApp;
 
+pub const SECRET: &str = "test-signing-secret";
+pub const BOT_TOKEN: &str = "xoxb-test-token";
+
+/// Slack on, against the fake at `api_url`: approvals in `CAPPROVE`, `UDEV` a developer and
+/// `UOPS` in devops.
+pub fn enable(settings: &mut portbot::config::Settings, api_url: String) {
+    settings.slack.enabled = true;
+    settings.slack.signing_secret = Some(serde_json::from_value(json!(SECRET)).unwrap());
+    settings.slack.bot_token = Some(serde_json::from_value(json!(BOT_TOKEN)).unwrap());
+    settings.slack.api_url = api_url;
+    settings.slack.approval_channel = Some("CAPPROVE".into());
+    settings.slack.message_interval_ms = 100;
+    for team in &mut settings.teams {
+        match team.identifier.as_str() {
+            "developers" => team.slack_users.push("UDEV".into()),
+            "devops" => team.slack_users.push("UOPS".into()),
+            _ => {}
+        }
+    }
+}
+
 /// Posts `body` to `path` signed as Slack signs it at `timestamp`; the status and the body.
 pub async fn send_signed(
     app: &TestApp,

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use super::{pull_request_body, FileSet, Published, Review};
+use crate::backends::watch::Observation;
 use crate::backends::Dispatcher;
 use crate::core::action::Operation;
 use crate::core::gitops::{self, GitopsInvocation};
@@ -249,6 +250,42 @@ async fn open_pull(
         .map_err(|e| e.to_string())?;
     let url = pull["html_url"].as_str().unwrap_or_default().to_owned();
     Ok((url, true))
+}
+
+/// The completed check runs on the run's branch.
+pub(super) async fn checks(
+    dispatcher: &Dispatcher,
+    repo: &str,
+    run: &RunId,
+) -> Result<Vec<Observation>, String> {
+    let branch = gitops::branch(run);
+    let body = dispatcher
+        .github
+        .get(
+            &format!("/repos/{repo}/commits/{}/check-runs", encode_path(&branch)),
+            "the check runs",
+        )
+        .await
+        .and_then(|a| a.success("the check runs"))
+        .map_err(|e| e.to_string())?;
+    Ok(body["check_runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["status"] == "completed")
+        .map(check_observation)
+        .collect())
+}
+
+/// A check run (GitHub's JSON) as an observation.
+pub fn check_observation(check: &Value) -> Observation {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    Observation::Check {
+        name: text(&check["name"]).unwrap_or_else(|| "check".into()),
+        status: text(&check["status"]).unwrap_or_default(),
+        conclusion: text(&check["conclusion"]),
+        url: text(&check["html_url"]),
+    }
 }
 
 /// Where the run's pull request stands.

@@ -11,10 +11,13 @@
 mod git;
 mod github;
 
+pub use github::check_observation;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::watch::Observation;
 use super::{Dispatcher, Outcome};
 use crate::core::action::{Action, Operation};
 use crate::core::gitops::{self, GitopsInvocation, Provider};
@@ -172,6 +175,19 @@ pub(super) async fn review(
             .await
         }
         Provider::GitHub { repo } => github::review(dispatcher, repo, &run.id).await,
+    }
+}
+
+/// The finished CI checks of the run's change (GitHub's check runs on its branch); a plain git
+/// remote has none to ask for.
+pub(super) async fn checks(
+    dispatcher: &Dispatcher,
+    run: &Run,
+    gitops: &GitopsInvocation,
+) -> Result<Vec<Observation>, String> {
+    match &gitops.provider {
+        Provider::Git { .. } => Ok(Vec::new()),
+        Provider::GitHub { repo } => github::checks(dispatcher, repo, &run.id).await,
     }
 }
 
