@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::core::access::Directory;
 use crate::core::action::{Action, DefinitionContext, Invocation};
 use crate::core::catalog::{Blueprint, Catalog, CatalogError, Entity};
+use crate::core::gitops::Provider;
 use crate::core::iac::{self, Language};
 use crate::core::ids::ActionId;
 
@@ -164,6 +165,7 @@ pub fn load(settings: &Settings) -> Result<Definitions, Vec<Problem>> {
         match Action::parse(value, &ctx) {
             Ok(action) => {
                 check_iac_templates(&settings.iac.templates_path, &action, &file, &mut problems);
+                check_github_token(settings, &action, &file, &mut problems);
                 if actions.contains_key(&action.identifier) {
                     problems.push(problem(
                         &file,
@@ -284,6 +286,27 @@ fn check_iac_templates(root: &Path, action: &Action, file: &Path, problems: &mut
                 format!("cannot read {}: {e}", template.display()),
             )),
         }
+    }
+}
+
+/// An action that calls GitHub needs `github.token`: without it every run would fail.
+fn check_github_token(
+    settings: &Settings,
+    action: &Action,
+    file: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    let uses_github = match &action.invocation {
+        Invocation::Gitops(gitops) => matches!(gitops.provider, Provider::GitHub { .. }),
+        Invocation::GithubWorkflow(_) => true,
+        _ => false,
+    };
+    if uses_github && settings.github.token.is_none() {
+        problems.push(problem(
+            file,
+            "invocationMethod",
+            "calls GitHub, but github.token is not set (PORTBOT__GITHUB__TOKEN)".into(),
+        ));
     }
 }
 

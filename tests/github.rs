@@ -192,6 +192,36 @@ async fn a_pull_request_closed_unmerged_fails_the_run_and_malformed_events_get_a
     assert_eq!(status, 200);
     let failed = app.wait_for(&run, "FAILURE").await;
     assert_eq!(failed["statusLabel"], "closed unmerged");
+
+    // A run cancelled in portbot closes its pull request, so it cannot be merged by mistake.
+    let (cancelled, _) = approved(
+        &app,
+        "add-documentdb-gitops",
+        "mailer",
+        json!({"instances": 4}),
+    )
+    .await;
+    let (status, body) = app
+        .patch_run(&cancelled, json!({"status": "CANCELLED"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..50 {
+        if !fake
+            .calls_to("PATCH", &format!("/repos/{REPO}/pulls/2"))
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closing = fake.calls_to("PATCH", &format!("/repos/{REPO}/pulls/2"));
+    assert_eq!(closing.len(), 1);
+    assert_eq!(closing[0].body, json!({"state": "closed"}));
+    assert!(
+        fake.calls_to("PATCH", &format!("/repos/{REPO}/pulls/1"))
+            .is_empty(),
+        "the pull request closed on GitHub is left alone"
+    );
     let (status, _) = app.entity("Resource", "mailer-documentdb").await;
     assert_eq!(status, 404, "no catalog change without a merge");
 }

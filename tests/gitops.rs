@@ -245,7 +245,9 @@ async fn hostile_inputs_land_escaped_in_a_file_that_parses() {
 #[test]
 fn check_reports_unsafe_iac_templates_with_file_and_field() {
     let repo = BareRepo::new();
-    let deployment = common::deployment(&[shipped("add-documentdb-gitops", &repo)]);
+    let mut on_github = common::github::gitops_on_github();
+    on_github["identifier"] = json!("add-documentdb-on-github");
+    let deployment = common::deployment(&[shipped("add-documentdb-gitops", &repo), on_github]);
     let iac = deployment.path().join("iac");
     std::fs::create_dir_all(&iac).unwrap();
     std::fs::write(
@@ -268,6 +270,16 @@ fn check_reports_unsafe_iac_templates_with_file_and_field() {
             .join("catalog/actions/add-documentdb-gitops.json")
             .display(),
         iac.join("documentdb.tf.hbs").display()
+    );
+    let github_action = deployment
+        .path()
+        .join("catalog/actions/add-documentdb-on-github.json");
+    assert!(
+        text.contains(&format!(
+            "{}: invocationMethod: calls GitHub, but github.token is not set (PORTBOT__GITHUB__TOKEN)",
+            github_action.display()
+        )),
+        "{text}"
     );
     for expected in [
         "line 2: `{{{entity.identifier}}}` would put a value in without escaping",
@@ -324,4 +336,30 @@ async fn the_chat_thread_shows_the_branch_the_merge_and_the_catalog_change() {
             .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
         at += found;
     }
+}
+
+#[tokio::test]
+async fn a_run_cancelled_after_its_push_has_its_branch_deleted() {
+    let repo = BareRepo::new();
+    let app = spawn(&repo).await;
+    let run = app
+        .run_id(
+            DEV,
+            "add-documentdb-gitops",
+            Some("mailer"),
+            json!({"instances": 1}),
+        )
+        .await;
+    approved_and_published(&app, &run).await;
+    let branch = format!("portbot/{run}");
+    assert!(repo.has_branch(&branch));
+    let (status, body) = app.patch_run(&run, json!({"status": "CANCELLED"})).await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..100 {
+        if !repo.has_branch(&branch) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the branch of a cancelled run is still there, ready to be merged by mistake");
 }

@@ -42,10 +42,15 @@ type Outcome = Result<Option<String>, AppError>;
 /// The outbox consumer name of the dispatcher.
 pub const CONSUMER: &str = "backend";
 
-/// The dispatcher's outbox registration: it wants starts. (A running command notices on its
-/// own when its run ends.)
+/// The dispatcher's outbox registration: it wants starts, and the unsuccessful end of a run
+/// that published something (a GITOPS branch or pull request, withdrawn then). A running
+/// command notices on its own when its run ends.
 pub fn consumer() -> Consumer {
-    Consumer::new(CONSUMER, |_, kind| matches!(kind, EventKind::Started))
+    Consumer::new(CONSUMER, |run, kind| match kind {
+        EventKind::Started => true,
+        EventKind::Ended { status } => *status != RunStatus::Success && run.link.is_some(),
+        _ => false,
+    })
 }
 
 /// What the backends need besides the app.
@@ -98,11 +103,17 @@ impl Deliver for Dispatcher {
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        // Only `Started` is wanted, and a run starts once.
+        let ended = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Ended { .. }));
+        // A run starts once; a run that ended before its start was delivered is not invoked.
         let note = match run.status.is_ended() {
             true => None,
-            false => self.invoke(run).await?,
+            false => self.invoke(run.clone()).await?,
         };
+        if ended {
+            self.withdraw(&run).await;
+        }
         let delivery = Delivery {
             seq: last,
             note,
@@ -157,6 +168,24 @@ impl Dispatcher {
             .metrics()
             .backend_finished(kind, ok && result.is_ok(), started.elapsed());
         result
+    }
+
+    /// After a GITOPS run ended without success (cancelled, failed, closed), its change must
+    /// not be merged later by mistake: the pull request is closed, or the branch deleted.
+    async fn withdraw(&self, run: &Run) {
+        let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
+            return;
+        };
+        if let Invocation::Gitops(gitops) = &action.invocation {
+            match gitops::withdraw(self, run, gitops).await {
+                Ok(what) => {
+                    tracing::info!(run = %run.id, what, "withdrew the change of a run that ended without success")
+                }
+                Err(reason) => {
+                    tracing::warn!(run = %run.id, %reason, "cannot withdraw the change of a run that ended")
+                }
+            }
+        }
     }
 
     /// A log line on the run. A run that ended meanwhile refuses it, which is fine.

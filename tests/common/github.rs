@@ -361,6 +361,18 @@ impl FakeGitHub {
                     json!({"total_count": runs.len(), "check_runs": runs}),
                 )
             }
+            ("PATCH", r) if r.starts_with("/pulls/") => {
+                let number: u64 = r["/pulls/".len()..].parse().unwrap_or_default();
+                match repo.pulls.iter_mut().find(|p| p["number"] == number) {
+                    Some(pull) => {
+                        if let Some(state) = body["state"].as_str() {
+                            pull["state"] = json!(state);
+                        }
+                        (StatusCode::OK, pull.clone())
+                    }
+                    None => not_found,
+                }
+            }
             ("POST", r) if r.starts_with("/actions/workflows/") && r.ends_with("/dispatches") => {
                 (StatusCode::NO_CONTENT, Value::Null)
             }

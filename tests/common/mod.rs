@@ -211,6 +211,12 @@ impl TestApp {
         panic!("run {id} never reached {status}: {}", self.run(id).await);
     }
 
+    /// Port's `PATCH /runs/{id}` as the backend client.
+    pub async fn patch_run(&self, id: &str, patch: Value) -> (StatusCode, Value) {
+        let path = format!("/v1/actions/runs/{id}");
+        self.backend("PATCH", &path, Some(patch)).await
+    }
+
     /// Waits (up to 20 s) until the run has a link or is no longer in progress: a GITOPS or
     /// GITHUB run has then published its change (or failed to).
     pub async fn wait_for_link(&self, id: &str) -> Value {

@@ -208,6 +208,34 @@ async fn publish_in(dir: &Path, remote: &str, files: &FileSet) -> Result<(String
     Ok((git(dir, &["rev-parse", "HEAD"]).await?, false))
 }
 
+/// Deletes the run's branch from the remote, if it is there.
+pub(super) async fn withdraw(
+    work_dir: &Path,
+    remote: &str,
+    run: &RunId,
+) -> Result<&'static str, String> {
+    let dir = fresh_dir(work_dir, &format!("withdraw-{run}"))?;
+    let branch = format!("refs/heads/{}", gitops::branch(run));
+    let remote_path = resolved(remote);
+    let result = async {
+        git(&dir, &["init", "--quiet"]).await?;
+        let found = git(&dir, &["ls-remote", "--heads", "--", &remote_path, &branch]).await?;
+        if found.is_empty() {
+            return Ok("the branch was already gone");
+        }
+        git(
+            &dir,
+            &["push", "--quiet", &remote_path, &format!(":{branch}")],
+        )
+        .await?;
+        Ok("deleted the branch")
+    }
+    .await
+    .map_err(|e| hide(remote, e));
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 /// Where the run's branch stands on the remote, from a bare mirror kept under `work_dir`.
 pub(super) async fn review(
     work_dir: &Path,

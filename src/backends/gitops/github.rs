@@ -252,6 +252,34 @@ async fn open_pull(
     Ok((url, true))
 }
 
+/// Closes the run's pull request, if it is open.
+pub(super) async fn withdraw(
+    dispatcher: &Dispatcher,
+    repo: &str,
+    run: &RunId,
+) -> Result<&'static str, String> {
+    let found = pulls(&dispatcher.github, repo, &gitops::branch(run)).await?;
+    let Some(number) = found
+        .iter()
+        .find(|p| p["state"] == "open")
+        .and_then(|p| p["number"].as_u64())
+    else {
+        return Ok("no open pull request");
+    };
+    dispatcher
+        .github
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/repos/{repo}/pulls/{number}"),
+            Some(&json!({"state": "closed"})),
+            "closing the pull request",
+        )
+        .await
+        .and_then(|a| a.success("closing the pull request"))
+        .map_err(|e| e.to_string())?;
+    Ok("closed the pull request")
+}
+
 /// The completed check runs on the run's branch.
 pub(super) async fn checks(
     dispatcher: &Dispatcher,

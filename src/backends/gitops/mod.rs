@@ -3,6 +3,10 @@
 //! The pull request (or branch) becomes the run's link; the run then waits for the merge,
 //! learned from `/github/webhook` or by polling (`watch`).
 //!
+//! A run that ends without success after publishing has its change withdrawn (the pull request
+//! closed, the branch deleted), so a later merge cannot change infrastructure behind the
+//! catalog's back.
+//!
 //! A CREATE run adds the files (refused if one already exists on the base branch), a DAY-2 run
 //! changes them (refused if one is missing), a DELETE run removes them. Publishing is safe to
 //! repeat: after a restart the dispatcher invokes a started run again, and each provider first
@@ -175,6 +179,20 @@ pub(super) async fn review(
             .await
         }
         Provider::GitHub { repo } => github::review(dispatcher, repo, &run.id).await,
+    }
+}
+
+/// Withdraws the change of a run that ended without success; says what was done.
+pub(super) async fn withdraw(
+    dispatcher: &Dispatcher,
+    run: &Run,
+    gitops: &GitopsInvocation,
+) -> Result<&'static str, String> {
+    match &gitops.provider {
+        Provider::Git { remote } => {
+            git::withdraw(&dispatcher.config.work_dir, remote, &run.id).await
+        }
+        Provider::GitHub { repo } => github::withdraw(dispatcher, repo, &run.id).await,
     }
 }
 
