@@ -141,6 +141,7 @@ pub fn parses(language: Language, text: &str) -> Result<(), IacError> {
 fn registry(language: Language) -> &'static Handlebars<'static> {
     static HCL: OnceLock<Handlebars<'static>> = OnceLock::new();
     static YAML: OnceLock<Handlebars<'static>> = OnceLock::new();
+    // JSON templates are rendered as JSON values (see `render`), never as text.
     let (cell, escape): (_, fn(&str) -> String) = match language {
         Language::Hcl => (&HCL, escape_hcl),
         Language::Yaml | Language::Json => (&YAML, escape_yaml),
