@@ -40,6 +40,8 @@ pub struct Settings {
     #[serde(default)]
     pub teams: Vec<TeamSettings>,
     pub backends: BackendSettings,
+    pub iac: IacSettings,
+    pub github: GithubSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +108,31 @@ pub struct DiscordSettings {
     /// An answer not ready this long after an interaction arrived is deferred (Discord waits
     /// 3 s for the first response) and sent when ready.
     pub defer_after_ms: u64,
+}
+
+/// Where GITOPS actions' file templates live.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IacSettings {
+    pub templates_path: PathBuf,
+}
+
+/// GitHub: the REST API for GITOPS (`provider: github`) and GITHUB actions, and the webhook
+/// (`/github/webhook` exists only with `webhook_secret`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GithubSettings {
+    pub api_url: String,
+    pub token: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
+    /// How often active GITOPS and GITHUB runs are checked (pull request, branch, workflow
+    /// run) when no webhook said what happened.
+    pub poll_interval_seconds: u64,
+    /// Tries of one API call in all (5xx, connection errors, secondary rate limits), the
+    /// first included, before the run fails with the reason.
+    pub max_attempts: usize,
+    pub initial_backoff_ms: u64,
+    /// The longest wait between tries, also for a rate limit's reset time.
+    pub max_backoff_ms: u64,
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

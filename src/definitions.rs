@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::core::access::Directory;
-use crate::core::action::{Action, DefinitionContext};
+use crate::core::action::{Action, DefinitionContext, Invocation};
 use crate::core::catalog::{Blueprint, Catalog, CatalogError, Entity};
+use crate::core::gitops::Provider;
+use crate::core::iac::{self, Language};
 use crate::core::ids::ActionId;
 
 /// One problem in one file.
@@ -162,6 +164,8 @@ pub fn load(settings: &Settings) -> Result<Definitions, Vec<Problem>> {
     for (file, value) in json_documents(&root.join("actions"), &mut problems) {
         match Action::parse(value, &ctx) {
             Ok(action) => {
+                check_iac_templates(&settings.iac.templates_path, &action, &file, &mut problems);
+                check_github_token(settings, &action, &file, &mut problems);
                 if actions.contains_key(&action.identifier) {
                     problems.push(problem(
                         &file,
@@ -253,6 +257,56 @@ fn collect_files(dir: &Path, extension: &str, out: &mut Vec<PathBuf>, problems: 
         } else if path.extension().is_some_and(|e| e == extension) {
             out.push(path);
         }
+    }
+}
+
+/// A GITOPS action's file templates must exist under `iac.templates_path` and pass the IaC
+/// rules for the language of the file they become (see `core::iac`).
+fn check_iac_templates(root: &Path, action: &Action, file: &Path, problems: &mut Vec<Problem>) {
+    let Invocation::Gitops(gitops) = &action.invocation else {
+        return;
+    };
+    for (i, iac_file) in gitops.files.iter().enumerate() {
+        let field = format!("invocationMethod.files[{i}].template");
+        let Some(language) = Language::of(&iac_file.path) else {
+            continue; // reported with the path
+        };
+        let template = root.join(&iac_file.template);
+        match std::fs::read_to_string(&template) {
+            Ok(text) => {
+                if let Err(found) = iac::check(language, &text) {
+                    problems.extend(found.into_iter().map(|message| {
+                        problem(file, &field, format!("{}: {message}", template.display()))
+                    }));
+                }
+            }
+            Err(e) => problems.push(problem(
+                file,
+                &field,
+                format!("cannot read {}: {e}", template.display()),
+            )),
+        }
+    }
+}
+
+/// An action that calls GitHub needs `github.token`: without it every run would fail.
+fn check_github_token(
+    settings: &Settings,
+    action: &Action,
+    file: &Path,
+    problems: &mut Vec<Problem>,
+) {
+    let uses_github = match &action.invocation {
+        Invocation::Gitops(gitops) => matches!(gitops.provider, Provider::GitHub { .. }),
+        Invocation::GithubWorkflow(_) => true,
+        _ => false,
+    };
+    if uses_github && settings.github.token.is_none() {
+        problems.push(problem(
+            file,
+            "invocationMethod",
+            "calls GitHub, but github.token is not set (PORTBOT__GITHUB__TOKEN)".into(),
+        ));
     }
 }
 

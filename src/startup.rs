@@ -75,6 +75,10 @@ impl Application {
                 webhook: settings.backends.webhook.clone(),
                 clients: settings.api.clients.clone(),
                 max_concurrent: settings.backends.max_concurrent.max(1),
+                github: settings.github.clone(),
+                iac_templates: settings.iac.templates_path.clone(),
+                work_dir: beside(&settings.storage.path, "gitops"),
+                public_url: settings.server.public_url.clone(),
             },
         );
         let mut router = api::router(ApiState {
@@ -87,6 +91,9 @@ impl Application {
         }
         if settings.discord.enabled {
             router = router.merge(start_discord(&settings, &app)?);
+        }
+        if let Some(secret) = settings.github.webhook_secret.clone() {
+            router = router.merge(crate::github::webhook::router(app.clone(), secret));
         }
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -229,6 +236,14 @@ fn spawn_deliveries<S: Surface>(app: &App, surface: S, approvals: bool, max_conc
         worker::spawn(app.clone(), S::APPROVALS, requests, max_concurrent);
     }
     worker::spawn(app.clone(), S::THREADS, Threads(surface), max_concurrent);
+}
+
+/// `<path>.<suffix>`: a folder beside the store (as its write-ahead log is).
+fn beside(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    name.into()
 }
 
 fn refuse_demo_secret_in_public(settings: &Settings) -> anyhow::Result<()> {

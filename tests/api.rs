@@ -626,7 +626,8 @@ async fn service_endpoints_answer() {
     let app = TestApp::spawn(&[]).await;
     let (status, body) = app.admin("GET", "/v1/actions", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["actions"].as_array().unwrap().len(), 3);
+    // The shipped actions: three, and the two GitOps ones of the worked example.
+    assert_eq!(body["actions"].as_array().unwrap().len(), 5);
     let health = app
         .http
         .get(format!("{}/healthz", app.base))

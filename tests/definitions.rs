@@ -127,7 +127,7 @@ fn check_reports_every_problem_with_file_and_field() {
             action_file.display()
         ),
         format!(
-            "{}: invocationMethod.type: `GITOPS` is not supported by this build of portbot yet",
+            "{}: invocationMethod: missing field `provider`",
             action_file.display()
         ),
         format!(

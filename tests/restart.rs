@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::github::{gitops_on_github, FakeGitHub, REPO, TOKEN};
 use common::slack::{click, form, send_signed, submission};
 use common::{action, free_addr, FakeSlack, Receiver, TestApp};
 use serde_json::json;
@@ -472,5 +473,75 @@ async fn discord_steps_survive_a_kill() {
         posted_about(APPROVALS, &first),
         1,
         "the request was never posted twice"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeGitHub::start().await;
+    // GitHub holds the pull request's creation; portbot is killed meanwhile.
+    *fake.hold_pulls.lock().unwrap() = Some(Duration::from_secs(60));
+    let dir = common::deployment(&[gitops_on_github()]);
+    let addr = free_addr();
+    let env = [
+        ("PORTBOT__GITHUB__API_URL", fake.api_url()),
+        ("PORTBOT__GITHUB__TOKEN", TOKEN.to_owned()),
+        ("PORTBOT__GITHUB__POLL_INTERVAL_SECONDS", "1".to_owned()),
+    ];
+    let mut server = start_with(dir.path(), addr, "first.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let run = app
+        .run_id(
+            DEV,
+            "add-documentdb-gitops",
+            Some("mailer"),
+            json!({"instances": 3}),
+        )
+        .await;
+    app.decide(OPS, &run, "APPROVE").await;
+    let pulls = format!("/repos/{REPO}/pulls");
+    for _ in 0..100 {
+        if !fake.calls_to("POST", &pulls).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fake.calls_to("POST", &pulls).len(),
+        1,
+        "the pull request was being opened"
+    );
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    drop(server);
+    *fake.hold_pulls.lock().unwrap() = None;
+
+    let _server = start_with(dir.path(), addr, "second.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let current = app.wait_for_link(&run).await;
+    assert_eq!(
+        current["link"],
+        format!("https://github.example/{REPO}/pull/1"),
+        "{current}"
+    );
+    assert_eq!(current["status"], "IN_PROGRESS");
+    assert_eq!(
+        fake.repo.lock().unwrap().pulls.len(),
+        1,
+        "exactly one pull request"
+    );
+    assert_eq!(
+        fake.calls_to("POST", &format!("/repos/{REPO}/git/commits"))
+            .len(),
+        1,
+        "the commit was made once and kept"
+    );
+    let logs = app.log_lines(&run).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with(&format!("branch portbot/{run} ("))
+                && l.contains("was made by an earlier attempt; kept; opened pull request")),
+        "{logs:?}"
     );
 }

@@ -161,6 +161,7 @@ impl From<AppError> for ApiError {
             | AppError::Request(RequestError::EntityNotExpected { .. }) => {
                 (S::UNPROCESSABLE_ENTITY, "invalid_entity")
             }
+            AppError::Request(RequestError::Locked { .. }) => (S::CONFLICT, "resource_locked"),
             AppError::Request(RequestError::Inputs(problems)) => {
                 let details: Vec<Value> = problems
                     .invalid

@@ -7,6 +7,7 @@
 //! are committed at the same time share one log sync (see `store::wal`).
 
 mod catalog_change;
+mod locks;
 pub mod outbox;
 pub mod worker;
 
@@ -79,6 +80,8 @@ struct Inner {
     run_sequence: AtomicU16,
     consumers: Vec<Consumer>,
     metrics: Metrics,
+    /// Serialises the requests that take file locks (see `locks`).
+    file_locks: Mutex<()>,
 }
 
 impl App {
@@ -119,6 +122,7 @@ impl App {
                 run_sequence: AtomicU16::new(0),
                 consumers,
                 metrics,
+                file_locks: Mutex::new(()),
             }),
         })
     }
@@ -206,6 +210,11 @@ impl App {
             },
             now,
         );
+        let _locks = match action.invocation {
+            Invocation::Gitops(_) => Some(self.inner.file_locks.lock().await),
+            _ => None,
+        };
+        self.check_locks(action, &run)?;
         let mut change = Change::default();
         let events = self.stage(&mut run, kinds, &mut change);
         self.inner.store.commit(change).await?;

@@ -8,21 +8,31 @@
 //!
 //! After a restart, a due `Started` event is invoked again (a webhook is sent again), except for
 //! `COMMAND`: a command that may already have run partly is not started twice; its run fails
-//! with an explanation.
+//! with an explanation. `GITOPS` and `GITHUB` look for what an earlier attempt made first.
+//!
+//! GITOPS and GITHUB runs wait on GitHub or a git remote after their invocation; `watch`
+//! follows them (webhook reports and polling).
 
 mod command;
+mod github_workflow;
+mod gitops;
+pub mod watch;
 mod webhook;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::worker::{self, Deliver};
 use crate::app::{App, AppError, Consumer, Delivery, Pending};
-use crate::config::{ApiClient, WebhookSettings};
+use crate::config::{ApiClient, GithubSettings, WebhookSettings};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
 use crate::core::run::{EventKind, Run, RunStatus};
 
+pub use github_workflow::workflow_observation;
+pub use gitops::check_observation;
+pub(crate) use webhook::without_url;
 pub use webhook::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// How an invocation went: `Ok(Some(note))` when the backend took the run and will report on its
@@ -32,10 +42,15 @@ type Outcome = Result<Option<String>, AppError>;
 /// The outbox consumer name of the dispatcher.
 pub const CONSUMER: &str = "backend";
 
-/// The dispatcher's outbox registration: it wants starts. (A running command notices on its
-/// own when its run ends.)
+/// The dispatcher's outbox registration: it wants starts, and the unsuccessful end of a run
+/// that published something (a GITOPS branch or pull request, withdrawn then). A running
+/// command notices on its own when its run ends.
 pub fn consumer() -> Consumer {
-    Consumer::new(CONSUMER, |_, kind| matches!(kind, EventKind::Started))
+    Consumer::new(CONSUMER, |run, kind| match kind {
+        EventKind::Started => true,
+        EventKind::Ended { status } => *status != RunStatus::Success && run.link.is_some(),
+        _ => false,
+    })
 }
 
 /// What the backends need besides the app.
@@ -45,6 +60,13 @@ pub struct BackendConfig {
     pub clients: Vec<ApiClient>,
     /// Runs handled at once; more wait their turn (in memory as ids, durably as outbox marks).
     pub max_concurrent: usize,
+    pub github: GithubSettings,
+    /// `iac.templates_path`: GITOPS file templates.
+    pub iac_templates: PathBuf,
+    /// Where GITOPS clones repositories (beside the store).
+    pub work_dir: PathBuf,
+    /// `server.public_url`, for links back to runs.
+    pub public_url: String,
 }
 
 #[derive(Clone)]
@@ -52,6 +74,7 @@ struct Dispatcher {
     app: App,
     config: Arc<BackendConfig>,
     http: reqwest::Client,
+    github: crate::github::GitHub,
 }
 
 /// Starts the dispatcher; it runs until the process stops.
@@ -61,11 +84,14 @@ pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
         .build()
         .expect("the HTTP client builds");
     let max_concurrent = config.max_concurrent;
+    let poll_every = Duration::from_secs(config.github.poll_interval_seconds);
     let dispatcher = Dispatcher {
         app: app.clone(),
+        github: crate::github::GitHub::new(&config.github),
         config: Arc::new(config),
         http,
     };
+    watch::spawn(dispatcher.clone(), poll_every);
     worker::spawn(app, CONSUMER, dispatcher, max_concurrent)
 }
 
@@ -77,11 +103,17 @@ impl Deliver for Dispatcher {
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        // Only `Started` is wanted, and a run starts once.
+        let ended = events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Ended { .. }));
+        // A run starts once; a run that ended before its start was delivered is not invoked.
         let note = match run.status.is_ended() {
             true => None,
-            false => self.invoke(run).await?,
+            false => self.invoke(run.clone()).await?,
         };
+        if ended {
+            self.withdraw(&run).await;
+        }
         let delivery = Delivery {
             seq: last,
             note,
@@ -121,6 +153,11 @@ impl Dispatcher {
                 }
             },
             Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| None),
+            // Safe to repeat: each looks for the branch, pull request or workflow run first.
+            Invocation::Gitops(gitops) => gitops::invoke(self, &run, action, gitops).await,
+            Invocation::GithubWorkflow(workflow) => {
+                github_workflow::invoke(self, &run, action, workflow).await
+            }
         };
         let ok = self
             .app
@@ -131,6 +168,24 @@ impl Dispatcher {
             .metrics()
             .backend_finished(kind, ok && result.is_ok(), started.elapsed());
         result
+    }
+
+    /// After a GITOPS run ended without success (cancelled, failed, closed), its change must
+    /// not be merged later by mistake: the pull request is closed, or the branch deleted.
+    async fn withdraw(&self, run: &Run) {
+        let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
+            return;
+        };
+        if let Invocation::Gitops(gitops) = &action.invocation {
+            match gitops::withdraw(self, run, gitops).await {
+                Ok(what) => {
+                    tracing::info!(run = %run.id, what, "withdrew the change of a run that ended without success")
+                }
+                Err(reason) => {
+                    tracing::warn!(run = %run.id, %reason, "cannot withdraw the change of a run that ended")
+                }
+            }
+        }
     }
 
     /// A log line on the run. A run that ended meanwhile refuses it, which is fine.

@@ -216,7 +216,7 @@ async fn finish(
 }
 
 /// A connection error without the URL, which may carry a token in its query.
-fn without_url(error: &reqwest::Error) -> String {
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::access::{Audience, Directory, Permissions};
 use super::catalog::{Catalog, Entity};
+use super::gitops::{self, GitopsInvocation, WorkflowInvocation};
 use super::ids::{ActionId, BlueprintId, EntityId, Identity};
 use super::schema::{plain_text, Rule, SchemaProblem, ValueSchema, Violation};
 use super::template;
@@ -95,6 +96,8 @@ pub enum Invocation {
     Webhook(WebhookInvocation),
     Command(CommandInvocation),
     UpsertEntity(EntityMapping),
+    Gitops(GitopsInvocation),
+    GithubWorkflow(WorkflowInvocation),
 }
 
 impl Invocation {
@@ -103,6 +106,8 @@ impl Invocation {
             Invocation::Webhook(_) => "WEBHOOK",
             Invocation::Command(_) => "COMMAND",
             Invocation::UpsertEntity(_) => "UPSERT_ENTITY",
+            Invocation::Gitops(_) => "GITOPS",
+            Invocation::GithubWorkflow(_) => "GITHUB",
         }
     }
 }
@@ -255,14 +260,14 @@ pub struct DefinitionContext<'a> {
     pub directory: &'a Directory,
 }
 
-fn problem(field: impl Into<String>, message: impl Into<String>) -> SchemaProblem {
+pub(super) fn problem(field: impl Into<String>, message: impl Into<String>) -> SchemaProblem {
     SchemaProblem {
         field: field.into(),
         message: message.into(),
     }
 }
 
-fn deserialize<T: serde::de::DeserializeOwned>(
+pub(super) fn deserialize<T: serde::de::DeserializeOwned>(
     value: &Value,
     prefix: &str,
 ) -> Result<T, SchemaProblem> {
@@ -677,17 +682,12 @@ fn compile_invocation(
             let mapping: RawMapping = deserialize(raw, field).map_err(|p| problems.push(p)).ok()?;
             compile_mapping(mapping, field, ctx, problems).map(Invocation::UpsertEntity)
         }
-        "GITHUB" | "GITOPS" => {
-            problems.push(problem(
-                format!("{field}.type"),
-                format!("`{kind}` is not supported by this build of portbot yet"),
-            ));
-            None
-        }
+        "GITOPS" => gitops::compile_gitops(raw, field, problems).map(Invocation::Gitops),
+        "GITHUB" => gitops::compile_workflow(raw, field, problems).map(Invocation::GithubWorkflow),
         other => {
             problems.push(problem(
                 format!("{field}.type"),
-                format!("`{other}` is not one of WEBHOOK, COMMAND, UPSERT_ENTITY"),
+                format!("`{other}` is not one of WEBHOOK, COMMAND, UPSERT_ENTITY, GITOPS, GITHUB"),
             ));
             None
         }
@@ -818,6 +818,12 @@ pub enum RequestError {
     EntityNotExpected { action: ActionId },
     #[error("{0}")]
     Inputs(InputProblems),
+    /// Another active run changes the same file (GITOPS), as Atlantis locks a project.
+    #[error("`{resource}` is being changed by run {holder}, which has not ended yet; try again when it has (or cancel it)")]
+    Locked {
+        resource: String,
+        holder: super::ids::RunId,
+    },
 }
 
 fn did_you_mean(suggestions: &[String]) -> String {

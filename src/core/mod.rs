@@ -8,6 +8,8 @@ pub mod action;
 pub mod catalog;
 pub mod chat_command;
 pub mod command_text;
+pub mod gitops;
+pub mod iac;
 pub mod ids;
 pub mod run;
 pub mod schema;

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod discord;
+pub mod git;
+pub mod github;
 pub mod slack;
 
 use std::net::SocketAddr;
@@ -208,6 +210,32 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("run {id} never reached {status}: {}", self.run(id).await);
+    }
+
+    /// Port's `PATCH /runs/{id}` as the backend client.
+    pub async fn patch_run(&self, id: &str, patch: Value) -> (StatusCode, Value) {
+        let path = format!("/v1/actions/runs/{id}");
+        self.backend("PATCH", &path, Some(patch)).await
+    }
+
+    /// Waits (up to 20 s) until the run has a link or is no longer in progress: a GITOPS or
+    /// GITHUB run has then published its change (or failed to).
+    pub async fn wait_for_link(&self, id: &str) -> Value {
+        for _ in 0..200 {
+            let run = self.run(id).await;
+            if run["link"].is_string() || run["status"] != "IN_PROGRESS" {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("run {id} never got a link: {}", self.run(id).await);
+    }
+
+    /// A catalog entity through the API: the status and the entity (`Null` if none).
+    pub async fn entity(&self, blueprint: &str, id: &str) -> (StatusCode, Value) {
+        let path = format!("/v1/blueprints/{blueprint}/entities/{id}");
+        let (status, body) = self.admin("GET", &path, None, None).await;
+        (status, body["entity"].clone())
     }
 
     pub async fn log_lines(&self, id: &str) -> Vec<String> {
