@@ -189,10 +189,11 @@ async fn until(what: &str, fake: &FakeSlack, log: &Path, mut check: impl FnMut()
         .iter()
         .map(|c| {
             format!(
-                "{} {} {}",
+                "{} {} in thread: {} text: {}",
                 c.method,
                 c.body["channel"],
-                c.body.get("thread_ts").is_some()
+                c.body.get("thread_ts").is_some(),
+                c.body["text"]
             )
         })
         .collect();
