@@ -1,7 +1,10 @@
 //! What the benchmarks share: settings from the environment, percentiles, process CPU clock
-//! ticks, verdicts and copying the shipped catalog. Each bench uses part of it.
+//! ticks, verdicts and copying the shipped catalog; and, in `load`, the load machinery of the
+//! in-process chat benches. Each bench uses part of it.
 
 #![allow(dead_code)]
+
+pub mod load;
 
 use std::path::Path;
 

@@ -1,0 +1,522 @@
+//! The load machinery of the in-process chat benches (`slack_commands`, `discord_interactions`):
+//! two tokio runtimes whose CPU can be told apart through `/proc`, `BENCH_CLIENTS` keep-alive
+//! clients looping one freshly built request each until a deadline, a warm-up then a measured
+//! window (a [`Phase`]), and the table and notes that report phases.
+//!
+//! What is platform-specific stays with each bench: how one request is built and signed
+//! ([`BuildRequest`]), what a good answer contains, and what its fake platform counts.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portbot::config::{Settings, TeamSettings};
+use portbot::startup::Application;
+use reqwest::StatusCode;
+
+use super::{clock_ticks, copy_dir, env_u64, percentile_ms};
+
+/// Prefix of the load runtime's thread names (a thread's `comm` keeps 15 bytes).
+pub const LOAD_THREADS: &str = "load-";
+
+/// How long and how hard each phase runs.
+pub struct Knobs {
+    pub seconds: u64,
+    pub warmup: u64,
+    pub clients: usize,
+}
+
+impl Knobs {
+    /// `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].
+    pub fn from_env() -> Knobs {
+        Knobs {
+            seconds: env_u64("BENCH_SECONDS", 8).max(1),
+            warmup: env_u64("BENCH_WARMUP", 2),
+            clients: env_u64("BENCH_CLIENTS", 64).max(1) as usize,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU and memory from /proc.
+
+/// (command name, utime + stime in seconds) from a `stat` file's text.
+fn parse_stat(stat: &str) -> Option<(String, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // The fields after the name start at field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((comm, ticks as f64 / clock_ticks()))
+}
+
+/// CPU seconds of (the whole process, the load runtime's threads).
+fn cpu_split() -> (f64, f64) {
+    let process = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .map_or(f64::NAN, |(_, cpu)| cpu);
+    let mut load = 0.0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            if let Some((comm, cpu)) = parse_stat(&stat) {
+                if comm.starts_with(LOAD_THREADS) {
+                    load += cpu;
+                }
+            }
+        }
+    }
+    (process, load)
+}
+
+/// The process's resident memory in MiB (`VmRSS`), or NaN.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two runtimes and the client.
+
+/// The servers' runtime, the load generator's (with the fake platform), and the load's client.
+pub struct Bench {
+    pub knobs: Knobs,
+    pub cores: usize,
+    /// The servers under test (and sled's threads); threads named `srv`.
+    pub servers: tokio::runtime::Runtime,
+    /// The load generator and the fake platform; threads named `load-gen`.
+    pub load: tokio::runtime::Runtime,
+    /// The load's keep-alive HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Bench {
+    /// Prepares the process (proxy variables, working directory) and builds both runtimes.
+    pub fn new() -> Bench {
+        let knobs = Knobs::from_env();
+        // portbot's platform clients honour proxy variables; the fake platform is local. (Set
+        // before any thread starts.)
+        std::env::set_var("NO_PROXY", "127.0.0.1,localhost");
+        std::env::set_var("no_proxy", "127.0.0.1,localhost");
+        // Settings::load reads config/default.toml and the templates relative to the crate.
+        std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let servers = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .thread_name("srv")
+            .enable_all()
+            .build()
+            .expect("the server runtime builds");
+        let load = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .thread_name(format!("{LOAD_THREADS}gen"))
+            // Keep idle blocking threads, so their CPU stays in the load runtime's count.
+            .thread_keep_alive(Duration::from_secs(3600))
+            .enable_all()
+            .build()
+            .expect("the load runtime builds");
+        let http = load.block_on(async {
+            reqwest::Client::builder()
+                .no_proxy()
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(knobs.clients * 2)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("the HTTP client builds")
+        });
+        Bench {
+            knobs,
+            cores,
+            servers,
+            load,
+            http,
+        }
+    }
+
+    /// The two phases, with the same load: the platform's bare server, then portbot with the
+    /// platform enabled (its store in a temporary directory) against the platform's fake.
+    /// The servers run on the server runtime, the fake platform on the load runtime.
+    pub fn bare_then_portbot<const N: usize>(&self, platform: Platform<N>) -> [Phase<N>; 2] {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("portbot-{}-", platform.name))
+            .tempdir()
+            .expect("a temporary directory");
+        // Unique across both phases: portbot refuses (or answers once) what it has seen.
+        let counter = Arc::new(AtomicU64::new(0));
+        let against = |name: &'static str, server: SocketAddr, expect: &'static [&'static str]| {
+            let short = name.split(' ').next().unwrap_or(name);
+            eprintln!("phase {short} ({server}) ...");
+            let url = format!("http://{server}{}", platform.route);
+            self.load.block_on(phase(
+                self,
+                name,
+                (platform.request)(url),
+                expect,
+                counter.clone(),
+                &platform.calls,
+            ))
+        };
+        // Only portbot calls the fake platform.
+        let fake = self.load.block_on(serve(platform.fake));
+        let api_url = format!("http://{fake}{}", platform.api_path);
+
+        let bare = self.servers.block_on(serve(platform.bare));
+        let bare_phase = against("bare axum (signature only)", bare, platform.bare_answer);
+
+        let configure = platform.configure;
+        let portbot = self
+            .servers
+            .block_on(start_portbot(dir.path(), |s| configure(s, api_url)));
+        let portbot_phase = against("portbot (durable run)", portbot, platform.portbot_answer);
+        [bare_phase, portbot_phase]
+    }
+
+    /// Drops both runtimes without waiting for the servers' tasks: they are not shut down
+    /// cleanly.
+    pub fn stop(self) {
+        self.load.shutdown_background();
+        self.servers.shutdown_background();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers.
+
+/// Serves `router` on a fresh loopback port (on the current runtime); returns the address.
+pub async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// Builds and starts portbot (on the current runtime) with the default settings, a store in
+/// `dir` and a copy of the shipped catalog, changed by `configure` (the platform under test);
+/// returns where it listens.
+pub async fn start_portbot(dir: &Path, configure: impl FnOnce(&mut Settings)) -> SocketAddr {
+    let crate_root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let catalog = dir.join("catalog");
+    copy_dir(&crate_root.join("config/catalog"), &catalog);
+    let mut settings = Settings::load(None).expect("the default settings load");
+    settings.server.bind = "127.0.0.1:0".parse().unwrap();
+    settings.storage.path = dir.join("db");
+    settings.catalog.path = catalog;
+    configure(&mut settings);
+    let application = Application::build(settings).await.expect("portbot builds");
+    let addr = application.local_addr();
+    tokio::spawn(application.run_until_stopped());
+    addr
+}
+
+/// The shipped `developers` team, whom the bench's user joins (it may run `add-documentdb`).
+pub fn developers(settings: &mut Settings) -> &mut TeamSettings {
+    settings
+        .teams
+        .iter_mut()
+        .find(|t| t.identifier == "developers")
+        .expect("the default settings have a developers team")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation.
+
+/// Builds request number `n` (unique in the process) of client task `client`, ready to send.
+pub type BuildRequest =
+    dyn Fn(&reqwest::Client, usize, u64) -> reqwest::RequestBuilder + Send + Sync;
+
+/// What a two-phase chat bench needs of its platform.
+pub struct Platform<const N: usize> {
+    /// For the temporary directory's name (`slack-commands`).
+    pub name: &'static str,
+    /// The endpoint both servers serve (`/slack/commands`).
+    pub route: &'static str,
+    /// The request builder for a server's endpoint URL: signed as the platform signs.
+    pub request: fn(String) -> Arc<BuildRequest>,
+    /// The bare server: signature check and a small answer on `route`.
+    pub bare: axum::Router,
+    /// What a good answer contains (all of it), from the bare server and from portbot.
+    pub bare_answer: &'static [&'static str],
+    pub portbot_answer: &'static [&'static str],
+    /// The fake platform API portbot calls, and its root's path (`/api/`).
+    pub fake: axum::Router,
+    pub api_path: &'static str,
+    /// Enables the platform in portbot's settings, with the fake's API root URL.
+    pub configure: fn(&mut Settings, String),
+    /// Reads the fake platform's counters.
+    pub calls: Box<dyn Fn() -> [u64; N]>,
+}
+
+#[derive(Default)]
+struct Tally {
+    latency_us: Vec<u32>,
+    /// Good answers, at any time (warm-up included).
+    acked_total: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency_us.extend(other.latency_us);
+        self.acked_total += other.acked_total;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Sends one request; Ok when answered 200 with every string of `expect` in the body.
+async fn send(
+    http: &reqwest::Client,
+    request: &BuildRequest,
+    client: usize,
+    n: u64,
+    expect: &[&str],
+) -> Result<(), String> {
+    let response = request(http, client, n)
+        .send()
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| format!("read: {e}"))?;
+    if status == StatusCode::OK && expect.iter().all(|part| text.contains(part)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        ))
+    }
+}
+
+/// `clients` tasks loop until `end`; requests sent after `measure_from` are recorded, and their
+/// good answers counted per second of the window in `per_second`.
+async fn drive(
+    http: reqwest::Client,
+    request: Arc<BuildRequest>,
+    expect: &'static [&'static str],
+    clients: usize,
+    counter: Arc<AtomicU64>,
+    (measure_from, end): (Instant, Instant),
+    per_second: Arc<Vec<AtomicU64>>,
+) -> Tally {
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (http, request, counter) = (http.clone(), request.clone(), counter.clone());
+        let per_second = per_second.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            loop {
+                let started = Instant::now();
+                if started >= end {
+                    break;
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                match send(&http, &*request, client, n, expect).await {
+                    Ok(()) => {
+                        tally.acked_total += 1;
+                        if started >= measure_from {
+                            let us = started.elapsed().as_micros().min(u32::MAX as u128);
+                            tally.latency_us.push(us as u32);
+                            let second = started.duration_since(measure_from).as_secs() as usize;
+                            if let Some(bucket) = per_second.get(second) {
+                                bucket.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tally.error(e);
+                        if tally.errors > 1000 {
+                            break;
+                        }
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for task in tasks {
+        total.merge(task.await.expect("a client task panicked"));
+    }
+    total
+}
+
+/// One phase's results; `N` counters of the fake platform.
+pub struct Phase<const N: usize> {
+    pub name: &'static str,
+    pub seconds: f64,
+    pub acks: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Good answers to requests sent in each second of the window.
+    pub per_second: Vec<u64>,
+    /// CPU seconds in the window: the whole process, and the load runtime's share.
+    pub process_cpu: f64,
+    pub load_cpu: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Good answers over the whole phase, warm-up included.
+    pub acked_total: u64,
+    /// What the fake platform's counters gained in the window.
+    pub platform_calls: [u64; N],
+    /// The process's resident memory at the window's end, MiB.
+    pub rss_mib: f64,
+}
+
+impl<const N: usize> Phase<N> {
+    pub fn rate(&self) -> f64 {
+        self.acks as f64 / self.seconds
+    }
+
+    pub fn server_cpu(&self) -> f64 {
+        self.process_cpu - self.load_cpu
+    }
+}
+
+/// One phase against a server: `request` builds each request, and a good answer is a 200 whose
+/// body contains every string of `expect`. `calls` reads the fake platform's counters; the
+/// phase reports what they gained in the window.
+async fn phase<const N: usize>(
+    bench: &Bench,
+    name: &'static str,
+    request: Arc<BuildRequest>,
+    expect: &'static [&'static str],
+    counter: Arc<AtomicU64>,
+    calls: &dyn Fn() -> [u64; N],
+) -> Phase<N> {
+    let knobs = &bench.knobs;
+    let measure_from = Instant::now() + Duration::from_secs(knobs.warmup);
+    let end = measure_from + Duration::from_secs(knobs.seconds);
+    let per_second: Arc<Vec<AtomicU64>> =
+        Arc::new((0..knobs.seconds).map(|_| AtomicU64::new(0)).collect());
+    let load = tokio::spawn(drive(
+        bench.http.clone(),
+        request,
+        expect,
+        knobs.clients,
+        counter,
+        (measure_from, end),
+        per_second.clone(),
+    ));
+    tokio::time::sleep_until(measure_from.into()).await;
+    let (cpu0, calls0) = (cpu_split(), calls());
+    tokio::time::sleep_until(end.into()).await;
+    let (cpu1, calls1, rss) = (cpu_split(), calls(), rss_mib());
+    let seconds = measure_from.elapsed().as_secs_f64();
+    let mut tally = load.await.expect("the load generator panicked");
+    tally.latency_us.sort_unstable();
+    Phase {
+        name,
+        seconds,
+        acks: tally.latency_us.len(),
+        p50: percentile_ms(&tally.latency_us, 50.0),
+        p99: percentile_ms(&tally.latency_us, 99.0),
+        max: tally
+            .latency_us
+            .last()
+            .map_or(f64::NAN, |&us| us as f64 / 1000.0),
+        per_second: per_second
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect(),
+        process_cpu: cpu1.0 - cpu0.0,
+        load_cpu: cpu1.1 - cpu0.1,
+        errors: tally.errors,
+        first_error: tally.first_error,
+        acked_total: tally.acked_total,
+        platform_calls: std::array::from_fn(|i| calls1[i] - calls0[i]),
+        rss_mib: rss,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+/// How both phases ran, after the bench's words on its requests; `fake` names the platform.
+pub fn write_setup(w: &mut String, bench: &Bench, fake: &str) {
+    let (knobs, cores) = (&bench.knobs, bench.cores);
+    let _ = writeln!(
+        w,
+        "{} concurrent keep-alive clients on 127.0.0.1, {} s warm-up + {} s measured per phase, \
+         {cores} cores. Servers and load generator share this process and machine, the same way \
+         in both phases: the servers run on their own tokio runtime ({cores} workers), the load \
+         generator and the fake {fake} on another ({cores} workers); server CPU is the process's \
+         minus the load runtime's threads.\n",
+        knobs.clients, knobs.warmup, knobs.seconds
+    );
+}
+
+/// The phases' table; `unit` names one request (`command`, `interaction`).
+pub fn write_table<const N: usize>(w: &mut String, unit: &str, phases: &[&Phase<N>]) {
+    let _ = writeln!(
+        w,
+        "| phase | {unit}s/s | p50 ms | p99 ms | max ms | server CPU/{unit} | \
+         process CPU/{unit} (incl. load generator) | errors |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for p in phases {
+        let n = p.acks.max(1) as f64;
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} µs | {:.0} µs | {} |",
+            p.name,
+            p.rate(),
+            p.p50,
+            p.p99,
+            p.max,
+            p.server_cpu() / n * 1e6,
+            p.process_cpu / n * 1e6,
+            p.errors
+        );
+    }
+    let _ = writeln!(w);
+}
+
+/// A line a phase: where the CPU went, good answers per second of the window, the first error.
+pub fn write_cpu_notes<const N: usize>(w: &mut String, cores: usize, phases: &[&Phase<N>]) {
+    for p in phases {
+        let per_second: Vec<String> = p.per_second.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            w,
+            "- {}: process {:.2} of {:.0} core-seconds ({:.0} %): load generator {:.2}, \
+             server side {:.2}. Acks per second of the window: {}; {} acks in all, warm-up \
+             included.",
+            p.name,
+            p.process_cpu,
+            p.seconds * cores as f64,
+            p.process_cpu / (p.seconds * cores as f64) * 100.0,
+            p.load_cpu,
+            p.server_cpu(),
+            per_second.join(", "),
+            p.acked_total
+        );
+        if let Some(e) = &p.first_error {
+            let _ = writeln!(w, "  first error: {e}");
+        }
+    }
+}
