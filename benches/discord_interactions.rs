@@ -22,11 +22,12 @@
 //! CPU" is the process's CPU minus the load runtime's threads, which also run the fake Discord
 //! and sign every interaction.
 //!
-//! The fake Discord has no rate limits (real Discord allows a bot about 50 requests/s), so
-//! portbot's outbox delivers each run's card, thread, reply and card edit as fast as it can,
-//! inside the measured window and on the same cores as the acks. To see the acks with little
-//! delivery beside them, run with `PORTBOT__DISCORD__MAX_CONCURRENT=1` (portbot's settings
-//! read `PORTBOT__…` variables).
+//! The fake Discord has no rate limits, but portbot keeps to Discord's global limit for a bot
+//! (`discord.requests_per_second`, 50), so its outbox posts cards, threads and replies at that
+//! pace beside the acks, as it would against Discord; most runs' messages are still queued
+//! (durably) when the window ends. `PORTBOT__DISCORD__REQUESTS_PER_SECOND=100000` shows the
+//! acks with delivery running flat out beside them (portbot's settings read `PORTBOT__…`
+//! variables).
 //!
 //! Run with `cargo bench --bench discord_interactions` (about 25 s). Knobs (defaults in
 //! brackets): `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].

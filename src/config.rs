@@ -108,6 +108,9 @@ pub struct DiscordSettings {
     /// An answer not ready this long after an interaction arrived is deferred (Discord waits
     /// 3 s for the first response) and sent when ready.
     pub defer_after_ms: u64,
+    /// Requests a second to Discord's REST API at most (its global limit for a bot is 50);
+    /// interaction responses are not counted, as Discord does not count them.
+    pub requests_per_second: u32,
 }
 
 /// Where GITOPS actions' file templates live.

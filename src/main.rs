@@ -183,7 +183,8 @@ async fn discord_register(
     else {
         anyhow::bail!("discord.bot_token and discord.application_id must be set (PORTBOT__DISCORD__BOT_TOKEN, PORTBOT__DISCORD__APPLICATION_ID)");
     };
-    let api = portbot::discord::DiscordApi::new(&discord.api_url, token);
+    let api =
+        portbot::discord::DiscordApi::new(&discord.api_url, token, discord.requests_per_second);
     let registered =
         portbot::discord::register::register(&api, application_id, guild, &discord.command).await?;
     let names: Vec<&str> = registered

@@ -142,7 +142,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         app: app.clone(),
         api: api.clone(),
         messages: messages.clone(),
-        pace: slack::Pace::new(std::time::Duration::from_millis(
+        pace: crate::chat::pace::Pace::new(std::time::Duration::from_millis(
             settings.slack.message_interval_ms,
         )),
         approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
@@ -187,7 +187,11 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         ),
     };
     let messages = Arc::new(discord::load_messages(&settings.templates.path)?);
-    let api = discord::DiscordApi::new(&discord.api_url, bot_token.clone());
+    let api = discord::DiscordApi::new(
+        &discord.api_url,
+        bot_token.clone(),
+        discord.requests_per_second,
+    );
     let surface = DiscordSurface {
         app: app.clone(),
         api: api.clone(),

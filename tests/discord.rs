@@ -803,3 +803,29 @@ async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
     );
     fake.assert_nothing_refused();
 }
+
+#[tokio::test]
+async fn requests_keep_under_the_bots_global_limit() {
+    let fake = FakeDiscord::start().await;
+    let app = TestApp::spawn_with(&[], |settings| {
+        common::discord::enable(settings, &fake);
+        settings.discord.requests_per_second = 10;
+    })
+    .await;
+    // Three runs at once: cards, threads, approval requests and replies, all to one bot.
+    for _ in 0..3 {
+        new_run(&app).await;
+    }
+    let calls = fake.calls_when(|calls| calls.len() >= 12).await;
+    assert!(calls.len() >= 12, "{} calls", calls.len());
+    let mut times: Vec<std::time::Instant> = calls.iter().map(|c| c.at).collect();
+    times.sort();
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        // 100 ms apart at 10 a second, less what scheduling may shift one request.
+        assert!(
+            gap >= std::time::Duration::from_millis(80),
+            "{gap:?} between two requests"
+        );
+    }
+}

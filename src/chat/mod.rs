@@ -9,6 +9,7 @@ pub mod answer;
 pub mod delivery;
 pub mod form;
 pub mod messages;
+pub mod pace;
 pub mod view;
 
 pub use answer::{answer, Asker, ChatAnswer};

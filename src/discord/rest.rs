@@ -17,6 +17,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::chat::pace::Pace;
 use crate::config::Secret;
 
 /// Sent as `User-Agent`, in the form Discord asks bots to use.
@@ -58,10 +59,14 @@ pub struct DiscordApi {
     token: Secret,
     /// Per route (and `"global"`): no request before this instant.
     blocked: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Spaces the bot's requests to stay under Discord's global limit.
+    pace: Pace,
 }
 
 impl DiscordApi {
-    pub fn new(base: &str, token: Secret) -> DiscordApi {
+    /// A client that sends at most `per_second` requests a second (Discord allows a bot 50);
+    /// interaction responses and follow-ups are exempt, as Discord exempts them.
+    pub fn new(base: &str, token: Secret, per_second: u32) -> DiscordApi {
         DiscordApi {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -70,6 +75,7 @@ impl DiscordApi {
             base: base.trim_end_matches('/').to_owned(),
             token,
             blocked: Arc::default(),
+            pace: Pace::new(Duration::from_secs(1) / per_second.max(1)),
         }
     }
 
@@ -82,7 +88,11 @@ impl DiscordApi {
         body: Option<&Value>,
     ) -> Result<Value, DiscordApiError> {
         let route = route_of(&method, path);
+        let exempt = path.starts_with("/interactions/") || path.starts_with("/webhooks/");
         loop {
+            if !exempt {
+                self.pace.slot("global").await;
+            }
             self.wait_for(&route).await;
             let unreachable = |reason: String| DiscordApiError::Unreachable {
                 route: route.clone(),

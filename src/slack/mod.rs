@@ -9,7 +9,6 @@ mod interactions;
 pub mod manifest;
 mod messages;
 mod modal;
-mod pace;
 mod signature;
 pub mod socket;
 pub mod surface;
@@ -33,7 +32,6 @@ use crate::core::chat_command::ChatCommand;
 use crate::core::ids::Identity;
 
 pub use messages::load as load_messages;
-pub use pace::Pace;
 pub use signature::{SignatureError, Verifier};
 pub use surface::SlackSurface;
 pub use web_api::{SlackApi, SlackApiError};

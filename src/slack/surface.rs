@@ -12,10 +12,10 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::messages::slack_json_escape;
-use super::pace::Pace;
 use super::web_api::{SlackApi, SlackApiError};
 use crate::app::{App, AppError};
 use crate::chat::messages::Messages;
+use crate::chat::pace::Pace;
 use crate::chat::view::{card_data, reply_data, request_data};
 use crate::chat::Surface;
 use crate::core::ids::Identity;

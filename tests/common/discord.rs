@@ -185,6 +185,8 @@ pub struct DiscordCall {
     pub method: String,
     pub path: String,
     pub body: Value,
+    /// When the fake received it.
+    pub at: std::time::Instant,
 }
 
 impl DiscordCall {
@@ -391,6 +393,7 @@ impl FakeDiscord {
             method: method.to_string(),
             path: path.to_owned(),
             body: body.clone(),
+            at: std::time::Instant::now(),
         });
         axum::Json(answer).into_response()
     }

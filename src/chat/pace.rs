@@ -1,6 +1,8 @@
-//! Slack accepts about one message per second per channel (PROTOCOL-NOTES §5). Every post to a
-//! channel takes the channel's next slot, so one busy channel waits for its turn while the
-//! other channels go on. (A 429 from Slack is still waited out, in `surface::SlackSurface::post`.)
+//! Pacing of a platform's requests, per key: every request takes its key's next slot, so one
+//! busy key waits its turn while the others go on. Slack accepts about one message per second
+//! per channel (PROTOCOL-NOTES §5), so Slack paces per channel; Discord allows a bot about 50
+//! requests per second in all, which Discord only reports once it is exceeded, so Discord paces
+//! every request under one key. (A 429 is still waited out by each platform's client.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
