@@ -198,9 +198,8 @@ async fn answer(state: &DiscordState, data: Value) {
             return;
         }
     };
-    let Some(response) = respond(state, interaction).await else {
-        return;
-    };
+    let response: Value =
+        serde_json::from_slice(&respond(state, interaction).await).expect("answers are JSON");
     let path = format!("/interactions/{id}/{token}/callback");
     if let Err(error) = state
         .api

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use reqwest::Method;
 use serde_json::{json, Value};
 use serenity::interactions_endpoint::Verifier;
@@ -101,14 +101,15 @@ pub struct Answered {
 
 #[derive(Default)]
 struct Recent {
-    cells: HashMap<String, Arc<OnceCell<Value>>>,
+    /// Each answer as the JSON it was sent as, so a repeat costs no second rendering.
+    cells: HashMap<String, Arc<OnceCell<Bytes>>>,
     /// Ids by arrival, to forget them when their token has expired.
     order: VecDeque<(Instant, String)>,
 }
 
 impl Answered {
     /// The answer cell of an interaction, new or the one of its first delivery.
-    fn cell(&self, id: &str) -> Arc<OnceCell<Value>> {
+    fn cell(&self, id: &str) -> Arc<OnceCell<Bytes>> {
         let mut recent = self.recent.lock().expect("answer cache poisoned");
         let Recent { cells, order } = &mut *recent;
         let now = Instant::now();
@@ -142,51 +143,50 @@ async fn interactions(
         Ok(interaction) => interaction,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
-    match respond(&state, interaction).await {
-        Some(answer) => Json(answer).into_response(),
-        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+    let answer = respond(&state, interaction).await;
+    ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
 }
 
-/// The first response to an interaction, however it arrived (HTTP or the gateway): the answer
-/// when it is ready within Discord's 3 seconds, else a deferral, and the answer follows later.
-/// `None` when answering failed unexpectedly (it is logged).
-async fn respond(state: &DiscordState, interaction: Interaction) -> Option<Value> {
+/// The first response to an interaction, however it arrived (HTTP or the gateway), as JSON:
+/// the answer when it is ready within `answer_within` (Discord waits 3 seconds), else a
+/// deferral, and the answer follows when it is ready.
+async fn respond(state: &DiscordState, interaction: Interaction) -> Bytes {
     let (id, token, deferral) = match &interaction {
-        Interaction::Ping => return Some(json!({"type": PONG})),
+        Interaction::Ping => return encode(&json!({"type": PONG})),
         // Suggestions change nothing and must come at once.
-        Interaction::Autocomplete(asked) => return Some(autocomplete(state, asked)),
-        Interaction::Other => return Some(json!({"type": DEFERRED_UPDATE})),
+        Interaction::Autocomplete(asked) => return encode(&autocomplete(state, asked)),
+        Interaction::Other => return encode(&json!({"type": DEFERRED_UPDATE})),
         Interaction::Command(asked) => (asked.id.clone(), asked.token.clone(), DEFERRED_MESSAGE),
         Interaction::ModalSubmit(asked) => {
             (asked.id.clone(), asked.token.clone(), DEFERRED_MESSAGE)
         }
         Interaction::Button(asked) => (asked.id.clone(), asked.token.clone(), DEFERRED_UPDATE),
     };
-    // The work runs on its own, so a deferral does not cancel it; a repeat shares its answer.
+    // A repeat shares the first delivery's answer.
     let cell = state.answered.cell(&id);
     let worker = state.clone();
-    let mut task = tokio::spawn(async move {
-        cell.get_or_init(|| answer(&worker, interaction))
+    let mut work = Box::pin(async move {
+        cell.get_or_init(|| async { encode(&answer(&worker, interaction).await) })
             .await
             .clone()
     });
-    match tokio::time::timeout(state.answer_within, &mut task).await {
-        Ok(Ok(answer)) => Some(answer),
-        Ok(Err(error)) => {
-            tracing::error!(%error, "a Discord interaction failed");
-            None
-        }
-        Err(_) => {
+    tokio::select! {
+        biased;
+        answer = &mut work => answer,
+        _ = tokio::time::sleep(state.answer_within) => {
+            // The work goes on after the deferral, and its answer follows.
             let state = state.clone();
             tokio::spawn(async move {
-                if let Ok(answer) = task.await {
-                    follow_up(&state, &token, deferral, answer).await;
-                }
+                let answer = work.await;
+                follow_up(&state, &token, deferral, &answer).await;
             });
-            Some(json!({"type": deferral, "data": {"flags": EPHEMERAL}}))
+            encode(&json!({"type": deferral, "data": {"flags": EPHEMERAL}}))
         }
     }
+}
+
+fn encode(answer: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(answer).expect("JSON values serialise"))
 }
 
 /// Checks the Ed25519 signature over timestamp and body, and that the request is recent.
@@ -377,7 +377,8 @@ fn autocomplete(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Val
 
 /// Finishes a deferred interaction: the answer replaces the "thinking…" response (or, after a
 /// deferred click, comes as a private follow-up).
-async fn follow_up(state: &DiscordState, token: &str, deferral: u8, answer: Value) {
+async fn follow_up(state: &DiscordState, token: &str, deferral: u8, answer: &[u8]) {
+    let answer: Value = serde_json::from_slice(answer).unwrap_or_default();
     let data = match answer["type"].as_u64() {
         Some(t) if t == u64::from(MESSAGE) => answer["data"].clone(),
         Some(t) if t == u64::from(MODAL) => state.refusal(
