@@ -17,11 +17,12 @@ impl App {
             return Ok(());
         };
         let wanted = gitops.lock_keys(&self.template_context(run))?;
-        for active in self.runs(usize::MAX, true, |r| r.id != run.id)? {
-            let Ok(other) = self.action(active.action.identifier.as_str()) else {
-                continue;
-            };
-            let Invocation::Gitops(theirs) = &other.invocation else {
+        let gitops = |a: &Action| matches!(a.invocation, Invocation::Gitops(_));
+        for active in self.active_runs_of(gitops)? {
+            let Ok(Invocation::Gitops(theirs)) = self
+                .action(active.action.identifier.as_str())
+                .map(|a| &a.invocation)
+            else {
                 continue;
             };
             // A run whose paths no longer render (its entity is gone) holds nothing it could

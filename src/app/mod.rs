@@ -166,6 +166,12 @@ impl App {
             .ok_or_else(|| AppError::RunNotFound(id.clone()))
     }
 
+    /// The runs not ended of the actions `wanted` accepts; other runs are not read.
+    pub fn active_runs_of(&self, wanted: impl Fn(&Action) -> bool) -> Result<Vec<Run>, AppError> {
+        let wanted = |id: &str| self.action(id).is_ok_and(&wanted);
+        Ok(self.inner.store.active_runs_of(wanted)?)
+    }
+
     /// Runs newest first: only those not ended with `active_only`, then those `keep` accepts.
     pub fn runs(
         &self,
@@ -594,7 +600,7 @@ impl App {
         let events = run.record(kinds, Utc::now());
         change.put_run(run);
         for event in &events {
-            change.put_event(event);
+            change.put_event(event, run.action.identifier.as_str());
         }
         for consumer in &self.inner.consumers {
             if events.iter().any(|e| (consumer.wants)(run, &e.kind)) {

@@ -151,14 +151,23 @@ pub(super) fn spawn(dispatcher: Dispatcher, every: Duration) -> tokio::task::Joi
 /// Looks once at every run in progress that waits on GitHub or a git remote.
 async fn poll(dispatcher: &Dispatcher) {
     let app = &dispatcher.app;
-    let runs = match app.runs(usize::MAX, true, |r| r.status == RunStatus::InProgress) {
+    let external = |a: &crate::core::action::Action| {
+        matches!(
+            a.invocation,
+            Invocation::Gitops(_) | Invocation::GithubWorkflow(_)
+        )
+    };
+    let runs = match app.active_runs_of(external) {
         Ok(runs) => runs,
         Err(error) => {
             tracing::error!(%error, "cannot list the active runs");
             return;
         }
     };
-    for run in runs {
+    for run in runs
+        .into_iter()
+        .filter(|r| r.status == RunStatus::InProgress)
+    {
         let Ok(action) = app.action(run.action.identifier.as_str()) else {
             continue;
         };

@@ -13,7 +13,7 @@
 //! |---------------------------|------------------------------------------|
 //! | `run/<run>`               | the run (JSON)                           |
 //! | `ev/<run>/<seq>`          | one run event (JSON)                     |
-//! | `active/<run>`            | empty; the run has not ended             |
+//! | `active/<run>`            | the run's action id; the run has not ended |
 //! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
 //! | `ref/<consumer>/<run>`    | what the consumer keeps (chat message ids) |
@@ -112,12 +112,13 @@ impl Change {
         self.insert(run_key(&run.id), json(run));
     }
 
-    /// Stores an event; a run's creation and end also update the index of active runs.
-    pub fn put_event(&mut self, event: &RunEvent) {
+    /// Stores an event of a run of `action`; a run's creation and end also update the index
+    /// of active runs, which names each run's action.
+    pub fn put_event(&mut self, event: &RunEvent, action: &str) {
         self.insert(event_key(&event.run_id, event.seq), json(event));
         let active = || format!("active/{}", event.run_id).into_bytes();
         match event.kind {
-            EventKind::Created => self.insert(active(), Vec::new()),
+            EventKind::Created => self.insert(active(), action.as_bytes()),
             EventKind::Ended { .. } => self.remove(active()),
             _ => {}
         }
@@ -330,6 +331,27 @@ impl Store {
             .db
             .get(format!("src/{blueprint}/{id}"))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// The runs that have not ended whose action `wanted` accepts, found by the index alone
+    /// (only those runs are read). Runs indexed before the index named actions are read to
+    /// find out.
+    pub fn active_runs_of(&self, wanted: impl Fn(&str) -> bool) -> StoreResult<Vec<Run>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(b"active/") {
+            let (key, action) = item?;
+            if !action.is_empty() && !wanted(&String::from_utf8_lossy(&action)) {
+                continue;
+            }
+            let Some(bytes) = self.db.get(run_key_from_index(&key))? else {
+                continue;
+            };
+            let run: Run = serde_json::from_slice(&bytes)?;
+            if wanted(run.action.identifier.as_str()) {
+                out.push(run);
+            }
+        }
+        Ok(out)
     }
 
     fn ids_under(&self, prefix: &[u8]) -> StoreResult<Vec<RunId>> {
