@@ -5,12 +5,12 @@
 use serde_json::{json, Value};
 
 use super::form::FormState;
+use super::view::created_data;
 use crate::api::run_json;
 use crate::app::{App, AppError};
 use crate::core::action::{Action, InputProblems, RawInputs, RequestError};
 use crate::core::chat_command::ChatCommand;
 use crate::core::ids::{Identity, RunId};
-use crate::core::run::Run;
 
 /// Who asked, where, and what their platform can show.
 pub struct Asker<'a> {
@@ -64,7 +64,7 @@ pub async fn answer(app: &App, asker: &Asker<'_>, command: ChatCommand) -> ChatA
                 )
                 .await;
             match created {
-                Ok(run) => created_answer(&run, asker.command),
+                Ok(run) => ChatAnswer::Message("run_created", created_data(&run, asker.command)),
                 Err(AppError::Request(RequestError::Inputs(problems)))
                     if problems.invalid.is_empty() && asker.can_ask =>
                 {
@@ -83,11 +83,6 @@ pub async fn answer(app: &App, asker: &Asker<'_>, command: ChatCommand) -> ChatA
             }
         }
     }
-}
-
-/// The answer for a run just created.
-pub fn created_answer(run: &Run, command: &str) -> ChatAnswer {
-    ChatAnswer::Message("run_created", super::view::created_data(run, command))
 }
 
 /// A refused or failed request, in words for the user; a failure of portbot itself is logged

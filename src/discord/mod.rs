@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::chat::form::{self, Submitted};
 use crate::chat::messages::Messages;
-use crate::chat::view::card_data;
+use crate::chat::view::{card_data, created_data};
 use crate::chat::{self, Asker, ChatAnswer};
 use crate::core::ids::{Identity, RunId};
 use crate::core::run::Decision;
@@ -289,10 +289,9 @@ async fn modal_submit(
     let who = Identity::discord(&asked.user_id);
     match custom_id.split_once(':') {
         Some(("inputs", key)) => match form::submit(&state.app, key, &who, values.clone()).await {
-            Submitted::Created(run) => match chat::answer::created_answer(&run, &state.command) {
-                ChatAnswer::Message(name, data) => state.message(name, &data),
-                _ => unreachable!("a created run is answered with a message"),
-            },
+            Submitted::Created(run) => {
+                state.message("run_created", &created_data(&run, &state.command))
+            }
             Submitted::Expired => {
                 state.refusal("This form has expired; run the command again.".into())
             }
