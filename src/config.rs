@@ -106,7 +106,7 @@ pub struct DiscordSettings {
     /// Runs whose messages are being delivered at once.
     pub max_concurrent: usize,
     /// An answer not ready this long after an interaction arrived is deferred (Discord waits
-    /// 3 s for the first response) and sent when ready.
+    /// 3 s for the first response) and sent when ready; 0 defers every answer.
     pub defer_after_ms: u64,
     /// Requests a second to Discord's REST API at most (its global limit for a bot is 50);
     /// interaction responses are not counted, as Discord does not count them.

@@ -57,12 +57,11 @@ fn json_inner(text: &str) -> String {
 /// Fits a rendered message to Discord's limits, cutting text with a visible note, and makes
 /// sure it pings nobody but the users its template names.
 pub fn fit(message: &mut Value) {
-    if let Some(content) = message["content"].as_str() {
-        if content.chars().count() > CONTENT {
-            message["content"] = json!(cut(content, CONTENT));
-        }
+    // `get_mut`, not indexing: indexing would add the keys as `null`, which Discord refuses.
+    if let Some(content) = message.get_mut("content") {
+        fit_text(content, CONTENT);
     }
-    if let Some(embeds) = message["embeds"].as_array_mut() {
+    if let Some(embeds) = message.get_mut("embeds").and_then(Value::as_array_mut) {
         embeds.truncate(10);
         for embed in embeds {
             fit_embed(embed);
@@ -76,26 +75,28 @@ pub fn fit(message: &mut Value) {
 /// Fits a rendered modal to Discord's limits (title and labels 45 characters, descriptions and
 /// placeholders 100, values 4,000, at most 5 components).
 pub fn fit_modal(modal: &mut Value) {
-    fit_text(&mut modal["title"], 45);
-    if let Some(components) = modal["components"].as_array_mut() {
+    fit_key(modal, "title", 45);
+    if let Some(components) = modal.get_mut("components").and_then(Value::as_array_mut) {
         components.truncate(5);
         for label in components {
-            fit_text(&mut label["label"], 45);
-            fit_text(&mut label["description"], 100);
-            fit_text(&mut label["component"]["placeholder"], 100);
-            fit_text(&mut label["component"]["value"], 4_000);
+            fit_key(label, "label", 45);
+            fit_key(label, "description", 100);
+            if let Some(input) = label.get_mut("component") {
+                fit_key(input, "placeholder", 100);
+                fit_key(input, "value", 4_000);
+            }
         }
     }
 }
 
 fn fit_embed(embed: &mut Value) {
-    fit_text(&mut embed["title"], EMBED_TITLE);
-    fit_text(&mut embed["description"], EMBED_DESCRIPTION);
-    if let Some(fields) = embed["fields"].as_array_mut() {
+    fit_key(embed, "title", EMBED_TITLE);
+    fit_key(embed, "description", EMBED_DESCRIPTION);
+    if let Some(fields) = embed.get_mut("fields").and_then(Value::as_array_mut) {
         fields.truncate(EMBED_FIELDS);
         for field in fields {
-            fit_text(&mut field["name"], FIELD_NAME);
-            fit_text(&mut field["value"], FIELD_VALUE);
+            fit_key(field, "name", FIELD_NAME);
+            fit_key(field, "value", FIELD_VALUE);
         }
     }
     // All of an embed's text together: fields go from the end first, then the description
@@ -111,7 +112,7 @@ fn fit_embed(embed: &mut Value) {
             })
     };
     while total(embed) > EMBED_TOTAL {
-        match embed["fields"].as_array_mut() {
+        match embed.get_mut("fields").and_then(Value::as_array_mut) {
             Some(fields) if !fields.is_empty() => {
                 fields.pop();
             }
@@ -121,12 +122,19 @@ fn fit_embed(embed: &mut Value) {
     let over = total(embed).saturating_sub(EMBED_TOTAL);
     if over > 0 {
         let room = text_len(&embed["description"]).saturating_sub(over);
-        fit_text(&mut embed["description"], room.max(1));
+        fit_key(embed, "description", room.max(1));
     }
 }
 
 fn text_len(value: &Value) -> usize {
     value.as_str().map_or(0, |t| t.chars().count())
+}
+
+/// Cuts `object[key]` to `max` characters, when it is there.
+fn fit_key(object: &mut Value, key: &str, max: usize) {
+    if let Some(value) = object.get_mut(key) {
+        fit_text(value, max);
+    }
 }
 
 fn fit_text(value: &mut Value, max: usize) {

@@ -170,10 +170,18 @@ async fn respond(state: &DiscordState, interaction: Interaction) -> Bytes {
             .await
             .clone()
     });
-    tokio::select! {
-        biased;
-        answer = &mut work => answer,
-        _ = tokio::time::sleep(state.answer_within) => {
+    // With no time to wait, the answer always comes as a follow-up.
+    let ready = match state.answer_within.is_zero() {
+        true => None,
+        false => tokio::select! {
+            biased;
+            answer = &mut work => Some(answer),
+            _ = tokio::time::sleep(state.answer_within) => None,
+        },
+    };
+    match ready {
+        Some(answer) => answer,
+        None => {
             // The work goes on after the deferral, and its answer follows.
             let state = state.clone();
             tokio::spawn(async move {

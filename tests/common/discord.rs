@@ -416,6 +416,12 @@ fn message(id: &str, channel: &str, body: &Value) -> Value {
 /// everyone or roles.
 fn limits_broken(body: &Value) -> Option<String> {
     let len = |v: &Value| v.as_str().map_or(0, |t| t.chars().count());
+    // Discord refuses a `null` where a message object expects an array.
+    for key in ["embeds", "components", "choices"] {
+        if body.get(key) == Some(&Value::Null) || body["data"].get(key) == Some(&Value::Null) {
+            return Some(format!("`{key}` is null"));
+        }
+    }
     if len(&body["content"]) > 2_000 {
         return Some(format!("content of {} characters", len(&body["content"])));
     }
