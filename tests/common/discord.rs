@@ -64,10 +64,11 @@ pub async fn send_raw(app: &TestApp, body: &str, timestamp: &str, signature: &st
         .unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let answer = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if let Some(problem) = limits_broken(&answer["data"]) {
+        panic!("Discord would refuse this interaction response ({problem}): {answer}");
+    }
+    (status, answer)
 }
 
 /// Turns Discord on against `fake`: approvals in `APPROVALS`, `DEV` a developer and `OPS` in
