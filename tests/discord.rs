@@ -698,7 +698,7 @@ async fn a_run_started_in_discord_is_approved_in_slack_and_both_follow_it() {
 }
 
 #[tokio::test]
-async fn a_thread_that_could_not_start_with_the_card_is_started_by_the_first_reply() {
+async fn a_thread_that_fails_to_start_is_started_when_the_reply_is_tried_again() {
     let fake = FakeDiscord::start().await;
     fake.fail_threads_next.store(1, SeqCst);
     let app = discord_app(&fake).await;

@@ -468,7 +468,11 @@ async fn discord_steps_survive_a_kill() {
     assert_eq!(
         posted_about(CHANNEL, &first),
         1,
-        "the card was never posted twice"
+        "the card was never posted twice: {:#?}",
+        fake.calls()
+            .iter()
+            .map(|c| format!("{} {} {}", c.method, c.path, c.body))
+            .collect::<Vec<_>>()
     );
     assert_eq!(
         posted_about(APPROVALS, &first),

@@ -40,13 +40,14 @@ pub trait Surface: Clone + Send + Sync + 'static {
         channel: &str,
     ) -> impl Future<Output = Result<Value, AppError>> + Send;
 
-    /// Posts one reply (events grouped by [`group_for_thread`]) in the card's thread.
+    /// Posts one reply (events grouped by [`group_for_thread`]) in the card's thread; returns
+    /// what to keep about the card instead, when that changed (a thread it started).
     fn reply(
         &self,
         card: &Value,
         run: &Run,
         group: &[RunEvent],
-    ) -> impl Future<Output = Result<(), AppError>> + Send;
+    ) -> impl Future<Output = Result<Option<Value>, AppError>> + Send;
 
     /// Shows the run's current state on its card.
     fn update_card(
@@ -103,7 +104,7 @@ impl<S: Surface> Deliver for Threads<S> {
             return Ok(());
         };
         let mut rest = events.as_slice();
-        let card = match reference {
+        let mut card = match reference {
             Some(card) => card,
             None => {
                 // The card stands for the run's creation (its first event).
@@ -115,9 +116,10 @@ impl<S: Surface> Deliver for Threads<S> {
             }
         };
         for group in group_for_thread(rest, S::LOG_CHARS) {
-            surface.reply(&card, &run, group).await?;
+            let changed = surface.reply(&card, &run, group).await?;
             let seq = group.last().expect("groups are not empty").seq;
-            record(app, S::THREADS, id, seq, None).await?;
+            record(app, S::THREADS, id, seq, changed.clone()).await?;
+            card = changed.unwrap_or(card);
         }
         if !rest.is_empty() {
             surface.update_card(&card, &run).await?;

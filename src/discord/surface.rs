@@ -2,8 +2,9 @@
 //! command with a thread started from it for every later event, and approval requests in
 //! `discord.approval_channel`.
 //!
-//! A message's thread has the message's id, so a reply that finds no thread yet (portbot
-//! stopped between posting the card and starting its thread) starts it and posts again. Where
+//! A message's thread has the message's id. The card is recorded as soon as it is posted (so a
+//! restart does not post it twice), and the first reply starts its thread (a thread Discord
+//! says exists already was started before a restart). Where
 //! the bot may not post (no access to the channel), the card goes to the requester as a
 //! direct message that says which permissions to give, so no run is left without a thread.
 
@@ -25,6 +26,7 @@ use crate::core::run::{Run, RunEvent};
 const UNKNOWN_CHANNEL: u64 = 10_003;
 const MISSING_ACCESS: u64 = 50_001;
 const MISSING_PERMISSIONS: u64 = 50_013;
+const THREAD_EXISTS: u64 = 160_004;
 
 #[derive(Clone)]
 pub struct DiscordSurface {
@@ -60,21 +62,17 @@ impl Surface for DiscordSurface {
             }
             Err(error) => return Err(delivery(error)),
         };
-        let id = posted["id"].as_str().unwrap_or_default().to_owned();
-        // The thread has the card's id. Where Discord refuses threads (a direct message, no
-        // permission), replies go under the card in its channel instead; where it fails for
-        // now, the first reply starts the thread.
-        let thread = match self.start_thread(&channel, &id, run).await {
-            Err(error @ DiscordApiError::Refused { .. }) => {
-                tracing::warn!(%error, run = %run.id, "no thread for the run card; replying under it");
-                None
-            }
-            _ => Some(id.clone()),
-        };
-        Ok(json!({"channel": channel, "card": id, "thread": thread}))
+        // Recorded at once, so a restart does not post the card again; the first reply starts
+        // its thread.
+        Ok(json!({"channel": channel, "card": posted["id"]}))
     }
 
-    async fn reply(&self, card: &Value, run: &Run, group: &[RunEvent]) -> Result<(), AppError> {
+    async fn reply(
+        &self,
+        card: &Value,
+        run: &Run,
+        group: &[RunEvent],
+    ) -> Result<Option<Value>, AppError> {
         let mut data = reply_data(run, group, Self::LOG_CHARS, mention);
         data["requester_id"] = json!(user_id(&run.created_by));
         if let Some(lines) = data["text"].as_str() {
@@ -83,27 +81,39 @@ impl Surface for DiscordSurface {
         data["link"] = json!(data["link"].as_str().and_then(safe_link));
         let mut message = self.render("thread_reply", data)?;
         let (channel, id) = (text(&card["channel"]), text(&card["card"]));
-        if card["thread"].is_null() {
-            message["message_reference"] = json!({"message_id": id, "fail_if_not_exists": false});
-            return self
-                .post_message(channel, &message)
-                .await
-                .map(|_| ())
-                .map_err(delivery);
-        }
-        match self.post_message(id, &message).await {
-            Ok(_) => Ok(()),
-            Err(error) if error.code() == Some(UNKNOWN_CHANNEL) => {
-                self.start_thread(channel, id, run)
-                    .await
-                    .map_err(delivery)?;
-                self.post_message(id, &message)
-                    .await
-                    .map(|_| ())
-                    .map_err(delivery)
+        // The thread (it has the card's id) is started by the first reply. Where Discord
+        // refuses threads (a direct message, no permission), replies go under the card in its
+        // channel instead.
+        let started = match card.get("thread") {
+            Some(_) => None,
+            None => {
+                let thread = match self.start_thread(channel, id, run).await {
+                    Ok(()) => Some(id),
+                    Err(error) if error.code() == Some(THREAD_EXISTS) => Some(id),
+                    Err(error @ DiscordApiError::Refused { .. }) => {
+                        tracing::warn!(%error, run = %run.id, "no thread for the run card; replying under it");
+                        None
+                    }
+                    Err(error) => return Err(delivery(error)),
+                };
+                let mut started = card.clone();
+                started["thread"] = json!(thread);
+                Some(started)
             }
-            Err(error) => Err(delivery(error)),
-        }
+        };
+        let card = started.as_ref().unwrap_or(card);
+        let target = match card["thread"].as_str() {
+            Some(thread) => thread,
+            None => {
+                message["message_reference"] =
+                    json!({"message_id": id, "fail_if_not_exists": false});
+                channel
+            }
+        };
+        self.post_message(target, &message)
+            .await
+            .map_err(delivery)?;
+        Ok(started)
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {

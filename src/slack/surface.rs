@@ -93,12 +93,17 @@ impl Surface for SlackSurface {
         Ok(card_reference(direct, &answer))
     }
 
-    async fn reply(&self, card: &Value, run: &Run, group: &[RunEvent]) -> Result<(), AppError> {
+    async fn reply(
+        &self,
+        card: &Value,
+        run: &Run,
+        group: &[RunEvent],
+    ) -> Result<Option<Value>, AppError> {
         let data = reply_data(run, group, Self::LOG_CHARS, mention);
         let mut message = self.render("thread_reply", &data)?;
         message["channel"] = card["channel"].clone();
         message["thread_ts"] = card["card_ts"].clone();
-        self.post("chat.postMessage", &message).await.map(|_| ())
+        self.post("chat.postMessage", &message).await.map(|_| None)
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
