@@ -412,7 +412,8 @@ async fn discord_steps_survive_a_kill() {
     assert_eq!(
         posted_about(CHANNEL, &first),
         1,
-        "the card, after the restart"
+        "the card, after the restart; server log:\n{}",
+        std::fs::read_to_string(dir.path().join("b.log")).unwrap_or_default()
     );
     assert_eq!(
         posted_about(APPROVALS, &first),
