@@ -48,7 +48,8 @@ async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, Strin
             .env("PORTBOT__BACKENDS__WEBHOOK__INITIAL_BACKOFF_MS", "200")
             .env("PORTBOT__BACKENDS__WEBHOOK__MAX_BACKOFF_MS", "400")
             .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
-            .env("RUST_LOG", "info")
+            // The workers' deliveries too, to explain a message sent twice.
+            .env("RUST_LOG", "info,portbot::app::worker=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(log)).unwrap())
             .spawn()

@@ -103,6 +103,7 @@ impl<D: Deliver> Worker<D> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
+                tracing::debug!(consumer = this.consumer, run = %run, "delivering");
                 if let Err(error) = this.deliver.deliver(&run).await {
                     let wait = {
                         let mut work = this.work();
