@@ -14,7 +14,19 @@ use common::TestApp;
 use serde_json::{json, Value};
 
 async fn discord_app(fake: &FakeDiscord) -> TestApp {
-    TestApp::spawn_with(&[], |settings| common::discord::enable(settings, fake)).await
+    discord_app_with(fake, |_| {}).await
+}
+
+/// Like [`discord_app`], with settings changed by `tweak` after Discord is on.
+async fn discord_app_with(
+    fake: &FakeDiscord,
+    tweak: impl FnOnce(&mut portbot::config::Settings),
+) -> TestApp {
+    TestApp::spawn_with(&[], |settings| {
+        common::discord::enable(settings, fake);
+        tweak(settings);
+    })
+    .await
 }
 
 async fn run_count(app: &TestApp) -> usize {
@@ -728,10 +740,9 @@ async fn gateway_mode_answers_interactions_and_resumes_after_a_reconnect() {
     let fake = FakeDiscord::start().await;
     let gateway = common::discord::FakeGateway::start().await;
     *fake.gateway_url.lock().unwrap() = Some(gateway.url.clone());
-    let app = TestApp::spawn_with(&[], |settings| {
-        common::discord::enable(settings, &fake);
-        settings.discord.public_key = None;
-        settings.discord.gateway = true;
+    let app = discord_app_with(&fake, |s| {
+        s.discord.public_key = None;
+        s.discord.gateway = true;
     })
     .await;
     let identify = gateway.sent(2, 1).await;
@@ -774,9 +785,8 @@ async fn gateway_mode_answers_interactions_and_resumes_after_a_reconnect() {
 #[tokio::test]
 async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
     let fake = FakeDiscord::start().await;
-    let app = TestApp::spawn_with(&[], |settings| {
-        common::discord::enable(settings, &fake);
-        settings.discord.defer_after_ms = 0;
+    let app = discord_app_with(&fake, |s| {
+        s.discord.defer_after_ms = 0;
     })
     .await;
     // A command: "thinking…" (private), then the answer replaces it.
@@ -807,9 +817,8 @@ async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
 #[tokio::test]
 async fn requests_keep_under_the_bots_global_limit() {
     let fake = FakeDiscord::start().await;
-    let app = TestApp::spawn_with(&[], |settings| {
-        common::discord::enable(settings, &fake);
-        settings.discord.requests_per_second = 10;
+    let app = discord_app_with(&fake, |s| {
+        s.discord.requests_per_second = 10;
     })
     .await;
     // Three runs at once: cards, threads, approval requests and replies, all to one bot.
