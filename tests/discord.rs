@@ -838,3 +838,26 @@ async fn requests_keep_under_the_bots_global_limit() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_day_2_modal_is_prefilled_with_the_entitys_current_values() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let resource = json!({"identifier": "mailer-documentdb", "properties": {"type": "documentdb", "instances": 3}});
+    let (status, _) = app
+        .backend("POST", "/v1/blueprints/Resource/entities", Some(resource))
+        .await;
+    assert_eq!(status, 200);
+    let (_, modal) = send(
+        &app,
+        &command(DEV, "update-documentdb", Some("mailer-documentdb"), None),
+    )
+    .await;
+    assert_eq!(modal["type"], 9, "{modal}");
+    let fields = modal["data"]["components"].as_array().unwrap();
+    let instances = fields
+        .iter()
+        .find(|f| f["component"]["custom_id"] == "instances")
+        .expect("an instances field");
+    assert_eq!(instances["component"]["value"], "3");
+}
