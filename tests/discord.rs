@@ -811,6 +811,29 @@ async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
         "{:?}",
         edit.body
     );
+    let run = run_in(edit.content());
+
+    // A click: acknowledged at once, and a refusal follows privately.
+    let refused = click(DEV, &format!("approve:{run}"));
+    let (_, first) = send(&app, &refused).await;
+    assert_eq!(first["type"], 6, "{first}");
+    let follow_up = format!(
+        "/api/v10/webhooks/{}/{}",
+        common::discord::APPLICATION_ID,
+        refused["token"].as_str().unwrap()
+    );
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.path == follow_up))
+        .await;
+    let sent = calls
+        .iter()
+        .find(|c| c.path == follow_up)
+        .expect("a private follow-up");
+    assert_eq!(
+        (sent.method.as_str(), &sent.body["flags"]),
+        ("POST", &json!(64))
+    );
+    assert!(sent.content().contains("may not"), "{:?}", sent.body);
     fake.assert_nothing_refused();
 }
 
