@@ -31,12 +31,6 @@ pub struct FormState {
     pub missing: Vec<String>,
 }
 
-/// A form to show: its store key and the template data of its fields.
-pub struct OpenForm {
-    pub key: String,
-    pub data: Value,
-}
-
 /// What came of a submitted form.
 pub enum Submitted {
     Created(Box<Run>),
@@ -87,12 +81,13 @@ impl FormState {
         }))
     }
 
-    /// Stores the form under a new random key and returns what to show.
-    pub async fn open(&self, app: &App) -> Result<OpenForm, AppError> {
+    /// Stores the form under a new random key and returns its template data (which carries
+    /// the key).
+    pub async fn open(&self, app: &App) -> Result<Value, AppError> {
         let key = hex::encode(rand::random::<[u8; 16]>());
         let data = self.data(app, &key)?;
         self.save(app, &key).await?;
-        Ok(OpenForm { key, data })
+        Ok(data)
     }
 
     /// Stores the form under `key`.

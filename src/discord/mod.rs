@@ -255,7 +255,7 @@ async fn command(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Va
             ))
         }
         ChatAnswer::AskInputs(asked, problems) => match asked.open(&state.app).await {
-            Ok(form) => state.modal("input_modal", &form.data),
+            Ok(form) => state.modal("input_modal", &form),
             Err(error) => state.refusal(format!(
                 "The run was not created:\n{problems}\n(The form could not be opened: {error})"
             )),
