@@ -84,7 +84,7 @@ impl FormState {
     /// Stores the form under a new random key and returns its template data (which carries
     /// the key).
     pub async fn open(&self, app: &App) -> Result<Value, AppError> {
-        let key = hex::encode(rand::random::<[u8; 16]>());
+        let key = new_key();
         let data = self.data(app, &key)?;
         self.save(app, &key).await?;
         Ok(data)
@@ -95,6 +95,11 @@ impl FormState {
         let saved = serde_json::to_value(self).expect("form state serialises");
         app.save_form(key, Some(&saved)).await
     }
+}
+
+/// A new random key for a form (it is all a submission carries to find the form).
+pub fn new_key() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
 }
 
 /// A submitted form: the command's inputs plus the form's (`submitted`, by input name),

@@ -176,7 +176,7 @@ async fn answer(
 /// stored before it.
 async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Result<(), String> {
     let app = &state.app;
-    let key = hex::encode(rand::random::<[u8; 16]>());
+    let key = chat::form::new_key();
     let mut data = asked.data(app, &key).map_err(|e| e.to_string())?;
     data["callback_id"] = json!(modal::CALLBACK_ID);
     let view = state
