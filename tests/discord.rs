@@ -760,15 +760,8 @@ async fn gateway_mode_answers_interactions_and_resumes_after_a_reconnect() {
         asked["id"].as_str().unwrap(),
         asked["token"].as_str().unwrap()
     );
-    let calls = fake
-        .calls_when(|calls| calls.iter().any(|c| c.path == callback))
-        .await;
-    let answer = &calls
-        .iter()
-        .find(|c| c.path == callback)
-        .expect("the answer, through the callback")
-        .body;
-    let run = run_in(&private_text(answer));
+    let answer = fake.call_to(&callback).await.body;
+    let run = run_in(&private_text(&answer));
 
     // Discord asks for a reconnect: the session is resumed from the last sequence number.
     gateway.reconnect();
@@ -798,13 +791,7 @@ async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
         common::discord::APPLICATION_ID,
         asked["token"].as_str().unwrap()
     );
-    let calls = fake
-        .calls_when(|calls| calls.iter().any(|c| c.path == original))
-        .await;
-    let edit = calls
-        .iter()
-        .find(|c| c.path == original)
-        .expect("the original edited");
+    let edit = fake.call_to(&original).await;
     assert_eq!(edit.method, "PATCH");
     assert!(
         edit.content().contains("WAITING_FOR_APPROVAL"),
@@ -822,13 +809,7 @@ async fn a_late_answer_is_deferred_then_sent_where_discord_expects_it() {
         common::discord::APPLICATION_ID,
         refused["token"].as_str().unwrap()
     );
-    let calls = fake
-        .calls_when(|calls| calls.iter().any(|c| c.path == follow_up))
-        .await;
-    let sent = calls
-        .iter()
-        .find(|c| c.path == follow_up)
-        .expect("a private follow-up");
+    let sent = fake.call_to(&follow_up).await;
     assert_eq!(
         (sent.method.as_str(), &sent.body["flags"]),
         ("POST", &json!(64))

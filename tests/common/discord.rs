@@ -272,6 +272,15 @@ impl FakeDiscord {
         self.calls()
     }
 
+    /// The first call to `path` (as the fake sees it, `/api/v10/...`), once there is one.
+    pub async fn call_to(&self, path: &str) -> DiscordCall {
+        let calls = self
+            .calls_when(|calls| calls.iter().any(|c| c.path == path))
+            .await;
+        let found = calls.into_iter().find(|c| c.path == path);
+        found.unwrap_or_else(|| panic!("no call to {path}"))
+    }
+
     /// Messages posted to a channel (or thread), in order.
     pub fn posted_in(&self, channel: &str) -> Vec<Value> {
         let path = format!("/api/v10/channels/{channel}/messages");
