@@ -19,7 +19,7 @@
 
 mod support;
 
-use support::{clock_ticks, copy_dir, env_u64, percentile_ms, verdict};
+use support::{clock_ticks, copy_dir, env_u64, percentile_ms, verdict, Errors};
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -470,24 +470,15 @@ struct Tally {
     complete_us: Vec<u32>,
     /// Runs created at any time (warm-up included): they are all in the store.
     created_total: u64,
-    errors: u64,
-    first_error: Option<String>,
+    errors: Errors,
 }
 
 impl Tally {
-    fn error(&mut self, e: String) {
-        self.errors += 1;
-        self.first_error.get_or_insert(e);
-    }
-
     fn merge(&mut self, other: Tally) {
         self.create_us.extend(other.create_us);
         self.complete_us.extend(other.complete_us);
         self.created_total += other.created_total;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
+        self.errors.merge(other.errors);
     }
 }
 
@@ -517,7 +508,7 @@ async fn drive(
                 let id = match api.create().await {
                     Ok(id) => id,
                     Err(e) => {
-                        tally.error(e);
+                        tally.errors.record(e);
                         continue;
                     }
                 };
@@ -531,7 +522,7 @@ async fn drive(
                     match api.complete(&id).await {
                         Ok(()) if measured => tally.complete_us.push(micros(started.elapsed())),
                         Ok(()) => {}
-                        Err(e) => tally.error(e),
+                        Err(e) => tally.errors.record(e),
                     }
                 }
             }
@@ -700,8 +691,8 @@ async fn throughput_phase(
         server_sys: server1.1 - server0.1,
         bench_cpu: bench1 - bench0,
         hooks: hooks1 - hooks0,
-        errors: tally.errors,
-        first_error: tally.first_error,
+        errors: tally.errors.count,
+        first_error: tally.errors.first,
         drain_seconds,
         drain_cpu,
         drain_hooks,

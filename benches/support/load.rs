@@ -17,7 +17,7 @@ use portbot::config::{Settings, TeamSettings};
 use portbot::startup::Application;
 use reqwest::StatusCode;
 
-use super::{clock_ticks, copy_dir, env_u64, percentile_ms};
+use super::{clock_ticks, copy_dir, env_u64, percentile_ms, Errors};
 
 /// Prefix of the load runtime's thread names (a thread's `comm` keeps 15 bytes).
 pub const LOAD_THREADS: &str = "load-";
@@ -268,23 +268,14 @@ struct Tally {
     latency_us: Vec<u32>,
     /// Good answers, at any time (warm-up included).
     acked_total: u64,
-    errors: u64,
-    first_error: Option<String>,
+    errors: Errors,
 }
 
 impl Tally {
-    fn error(&mut self, e: String) {
-        self.errors += 1;
-        self.first_error.get_or_insert(e);
-    }
-
     fn merge(&mut self, other: Tally) {
         self.latency_us.extend(other.latency_us);
         self.acked_total += other.acked_total;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error = other.first_error;
-        }
+        self.errors.merge(other.errors);
     }
 }
 
@@ -348,8 +339,8 @@ async fn drive(
                         }
                     }
                     Err(e) => {
-                        tally.error(e);
-                        if tally.errors > 1000 {
+                        tally.errors.record(e);
+                        if tally.errors.count > 1000 {
                             break;
                         }
                     }
@@ -446,8 +437,8 @@ async fn phase<const N: usize>(
             .collect(),
         process_cpu: cpu1.0 - cpu0.0,
         load_cpu: cpu1.1 - cpu0.1,
-        errors: tally.errors,
-        first_error: tally.first_error,
+        errors: tally.errors.count,
+        first_error: tally.errors.first,
         acked_total: tally.acked_total,
         platform_calls: std::array::from_fn(|i| calls1[i] - calls0[i]),
         rss_mib: rss,
