@@ -496,6 +496,47 @@ async fn rate_limits_and_outages_are_waited_out_and_every_line_arrives_once_in_o
 }
 
 #[tokio::test]
+async fn a_message_whose_answer_was_lost_is_not_posted_again() {
+    let fake = FakeDiscord::start().await;
+    // The card, the approval request and the first thread reply are created, but portbot only
+    // hears 502s, so it posts each again.
+    fake.lose_answers_next.store(3, SeqCst);
+    let app = discord_app(&fake).await;
+    let (_, created) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=1")),
+    )
+    .await;
+    let run = run_in(&private_text(&created));
+    let (status, body) = app
+        .backend(
+            "POST",
+            &format!("/v1/actions/runs/{run}/logs"),
+            Some(json!({"message": "provisioning"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    fake.calls_when(|calls| calls.iter().any(|c| c.content().contains("provisioning")))
+        .await;
+    let about_run = |channel: &str| {
+        fake.posted_in(channel)
+            .iter()
+            .filter(|m| m.to_string().contains(&run))
+            .count()
+    };
+    assert_eq!(about_run(CHANNEL), 1, "the card once");
+    assert_eq!(about_run(APPROVALS), 1, "the approval request once");
+    let replies = fake
+        .calls()
+        .iter()
+        .filter(|c| c.content().contains("provisioning"))
+        .count();
+    assert_eq!(replies, 1, "the thread reply once");
+    assert_eq!(fake.lose_answers_next.load(SeqCst), 0);
+    fake.assert_nothing_refused();
+}
+
+#[tokio::test]
 async fn without_access_to_the_channel_the_card_goes_to_the_requester_and_a_missing_thread_is_started(
 ) {
     let fake = FakeDiscord::start().await;

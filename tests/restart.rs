@@ -220,7 +220,6 @@ fn teams_file(dir: &Path, key: &str, developer: &str, approver: &str) -> std::pa
 #[tokio::test]
 async fn slack_steps_survive_a_kill() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    use std::sync::atomic::Ordering::SeqCst;
     let fake = FakeSlack::start().await;
     let dir = common::deployment(&[]);
     let config = teams_file(dir.path(), "slack_users", "UDEV", "UOPS");
@@ -234,7 +233,12 @@ async fn slack_steps_survive_a_kill() {
         ("PORTBOT__SLACK__MESSAGE_INTERVAL_MS", "100".to_owned()),
     ];
     let addr = free_addr();
-    let mut server = start_with(dir.path(), addr, "a.log", &env).await;
+    // The first process has a token of its own, so that the outage below holds for every
+    // call it made, even one the fake reads after the kill.
+    let mut first_env = env.clone();
+    first_env.retain(|(key, _)| *key != "PORTBOT__SLACK__BOT_TOKEN");
+    first_env.push(("PORTBOT__SLACK__BOT_TOKEN", "xoxb-killed".to_owned()));
+    let mut server = start_with(dir.path(), addr, "a.log", &first_env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
 
     // 1. A form opens; 2. a run is stored while Slack is down, so its card is not posted yet.
@@ -254,7 +258,7 @@ async fn slack_steps_survive_a_kill() {
         .as_str()
         .unwrap()
         .to_owned();
-    fake.fail_next.store(100_000, SeqCst);
+    *fake.down_for_token.lock().unwrap() = Some("xoxb-killed".to_owned());
     let (status, _) = post_slack(
         &app,
         "/slack/commands",
@@ -269,7 +273,6 @@ async fn slack_steps_survive_a_kill() {
     drop(server);
 
     // After the restart the card and the approval request go out, once each.
-    fake.fail_next.store(0, SeqCst);
     let mut server = start_with(dir.path(), addr, "b.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let posted_about = |channel: &str, run: &str| {
@@ -404,7 +407,9 @@ async fn discord_steps_survive_a_kill() {
     server.0.wait().unwrap();
     drop(server);
 
-    // After the restart the card, its thread and the approval request go out, once each.
+    // After the restart the card, its thread and the approval request go out, once each. A
+    // post of the killed process that the fake reads only now does not count twice either:
+    // Discord creates one message per nonce.
     fake.fail_next.store(0, SeqCst);
     let mut server = start_with(dir.path(), addr, "b.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;

@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::core::access::Directory;
 use crate::core::action::{suggest, Action, EntityMapping, Invocation, RawInputs, RequestError};
 use crate::core::catalog::{Blueprint, Catalog, CatalogError, Entity};
-use crate::core::ids::{ActionId, BlueprintId, EntityId, Identity, RunId};
+use crate::core::ids::{self, ActionId, BlueprintId, EntityId, Identity, RunId};
 use crate::core::run::{
     ApprovalRules, ChangeOperation, Decision, EntityChange, EventKind, NewRun, Run, RunError,
     RunEvent, RunStatus,
@@ -432,7 +432,7 @@ impl App {
     }
 
     async fn lock_run(&self, id: &RunId) -> MutexGuard<'_, ()> {
-        let stripe = fxhash(id.as_str()) % RUN_LOCK_STRIPES;
+        let stripe = ids::fnv1a(id.as_str()) as usize % RUN_LOCK_STRIPES;
         self.inner.run_locks[stripe].lock().await
     }
 
@@ -633,11 +633,4 @@ impl App {
             }
         }
     }
-}
-
-/// A small, fast, deterministic string hash for picking a lock stripe.
-fn fxhash(s: &str) -> usize {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    }) as usize
 }

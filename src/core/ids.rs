@@ -186,6 +186,14 @@ impl fmt::Display for Identity {
     }
 }
 
+/// FNV-1a: a small, fast hash that is the same in every process and version, for picking a
+/// lock stripe and for naming a message so that it is not posted twice.
+pub fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use crate::app::{App, AppError};
 use crate::chat::messages::Messages;
 use crate::chat::view::{card_data, reply_data, request_data};
 use crate::chat::Surface;
-use crate::core::ids::Identity;
+use crate::core::ids::{self, Identity};
 use crate::core::run::{Run, RunEvent};
 
 /// Discord's JSON error codes portbot acts on.
@@ -50,7 +50,8 @@ impl Surface for DiscordSurface {
 
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data_with_link(run))?;
-        let (channel, posted) = match self.post_message(channel, &card).await {
+        let nonce = Nonce::of("card", run, &[]);
+        let (channel, posted) = match self.post_message(channel, card, &nonce).await {
             Ok(posted) => (channel.to_owned(), posted),
             Err(error)
                 if matches!(
@@ -110,7 +111,8 @@ impl Surface for DiscordSurface {
                 channel
             }
         };
-        self.post_message(target, &message)
+        let seqs = [group.first(), group.last()].map(|e| e.map_or(0, |e| e.seq));
+        self.post_message(target, message, &Nonce::of("reply", run, &seqs))
             .await
             .map_err(delivery)?;
         Ok(started)
@@ -125,7 +127,11 @@ impl Surface for DiscordSurface {
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
         let posted = self
-            .post_message(&self.approval_channel, &message)
+            .post_message(
+                &self.approval_channel,
+                message,
+                &Nonce::of("request", run, &[]),
+            )
             .await
             .map_err(delivery)?;
         Ok(json!({"channel": self.approval_channel, "message": posted["id"]}))
@@ -152,9 +158,18 @@ impl DiscordSurface {
         Ok(message)
     }
 
-    async fn post_message(&self, channel: &str, message: &Value) -> Result<Value, DiscordApiError> {
+    /// Posts a message that Discord creates once for its nonce: when a restart repeats a post
+    /// whose answer was lost, Discord returns the message it already made.
+    async fn post_message(
+        &self,
+        channel: &str,
+        mut message: Value,
+        nonce: &Nonce,
+    ) -> Result<Value, DiscordApiError> {
+        message["nonce"] = json!(nonce.0);
+        message["enforce_nonce"] = json!(true);
         let path = format!("/channels/{channel}/messages");
-        self.api.request(Method::POST, &path, Some(message)).await
+        self.api.request(Method::POST, &path, Some(&message)).await
     }
 
     async fn edit_message(&self, channel: &str, id: &str, message: &Value) -> Result<(), AppError> {
@@ -206,8 +221,22 @@ impl DiscordSurface {
         let mut data = card_data_with_link(run);
         data["unreachable_channel"] = json!(channel);
         let card = self.render("run_card", data)?;
-        let posted = self.post_message(&direct, &card).await.map_err(delivery)?;
+        let posted = self
+            .post_message(&direct, card, &Nonce::of("card", run, &[]))
+            .await
+            .map_err(delivery)?;
         Ok((direct, posted))
+    }
+}
+
+/// What names a message to Discord (at most 25 characters), the same in every process: the
+/// kind of message, the run and, for a reply, the first and last event it shows.
+struct Nonce(String);
+
+impl Nonce {
+    fn of(kind: &str, run: &Run, seqs: &[u64]) -> Nonce {
+        let named = format!("{kind}/{}/{seqs:?}", run.id);
+        Nonce(format!("{:016x}", ids::fnv1a(&named)))
     }
 }
 

@@ -208,6 +208,8 @@ pub struct FakeDiscord {
     pub throttle_next: Arc<AtomicUsize>,
     /// Answer this many next calls with HTTP 502.
     pub fail_next: Arc<AtomicUsize>,
+    /// Create this many next messages but answer HTTP 502, as when an answer is lost.
+    pub lose_answers_next: Arc<AtomicUsize>,
     /// 429s answered.
     pub throttled: Arc<AtomicUsize>,
     /// Channels the bot may not see (403, code 50001).
@@ -222,6 +224,8 @@ pub struct FakeDiscord {
     /// Threads by id (= their message's id).
     threads: Arc<Mutex<HashSet<String>>>,
     messages: Arc<Mutex<HashMap<String, String>>>,
+    /// Messages created with `enforce_nonce`, by nonce: a repeat gets the same message back.
+    nonces: Arc<Mutex<HashMap<String, Value>>>,
 }
 
 impl FakeDiscord {
@@ -353,6 +357,7 @@ impl FakeDiscord {
             return refuse(problem);
         }
         let parts: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+        let mut lost = false;
         let answer = match (method.as_str(), parts.as_slice()) {
             ("POST", ["channels", channel, "messages"]) => {
                 if self.forbidden.lock().unwrap().contains(*channel) {
@@ -362,12 +367,28 @@ impl FakeDiscord {
                 if is_message && !self.threads.lock().unwrap().contains(*channel) {
                     return error(StatusCode::NOT_FOUND, 10003, "Unknown Channel");
                 }
+                let nonce = body["nonce"]
+                    .as_str()
+                    .filter(|_| body["enforce_nonce"] == true);
+                if let Some(earlier) =
+                    nonce.and_then(|n| self.nonces.lock().unwrap().get(n).cloned())
+                {
+                    return axum::Json(earlier).into_response();
+                }
                 let id = self.next_id.fetch_add(1, SeqCst).to_string();
                 self.messages
                     .lock()
                     .unwrap()
                     .insert(id.clone(), channel.to_string());
-                message(&id, channel, &body)
+                let created = message(&id, channel, &body);
+                lost = take(&self.lose_answers_next);
+                if let Some(nonce) = nonce {
+                    self.nonces
+                        .lock()
+                        .unwrap()
+                        .insert(nonce.to_owned(), created.clone());
+                }
+                created
             }
             ("PATCH", ["channels", channel, "messages", id]) => message(id, channel, &body),
             ("POST", ["channels", channel, "messages", id, "threads"]) => {
@@ -405,6 +426,9 @@ impl FakeDiscord {
             body: body.clone(),
             at: std::time::Instant::now(),
         });
+        if lost {
+            return StatusCode::BAD_GATEWAY.into_response();
+        }
         axum::Json(answer).into_response()
     }
 }
@@ -431,6 +455,9 @@ fn limits_broken(body: &Value) -> Option<String> {
         if body.get(key) == Some(&Value::Null) || body["data"].get(key) == Some(&Value::Null) {
             return Some(format!("`{key}` is null"));
         }
+    }
+    if len(&body["nonce"]) > 25 {
+        return Some("a nonce over 25 characters".into());
     }
     if len(&body["content"]) > 2_000 {
         return Some(format!("content of {} characters", len(&body["content"])));

@@ -378,6 +378,9 @@ pub struct FakeSlack {
     pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer this many next calls with HTTP 503.
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answer every call with this bot token with HTTP 503, even one that arrives late: a bot
+    /// process killed during an outage never gets through.
+    pub down_for_token: Arc<Mutex<Option<String>>>,
     /// Channels the bot is not in: posts get `not_in_channel` until it joins.
     pub not_in: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Channels the bot cannot join (private ones).
@@ -404,6 +407,7 @@ impl FakeSlack {
             throttle_next: Arc::default(),
             refuse_next: Arc::default(),
             fail_next: Arc::default(),
+            down_for_token: Arc::default(),
             not_in: Arc::default(),
             private: Arc::default(),
             socket_url: Arc::default(),
@@ -412,117 +416,121 @@ impl FakeSlack {
             last_post: Arc::default(),
         };
         let state = fake.clone();
-        let router = axum::Router::new().route(
-            "/api/{method}",
-            axum::routing::post(
-                move |axum::extract::Path(method): axum::extract::Path<String>,
-                      headers: HeaderMap,
-                      body: axum::body::Bytes| {
-                    let state = state.clone();
-                    async move {
-                        let header = |name: &str| {
-                            headers
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned()
-                        };
-                        use axum::response::IntoResponse;
-                        use std::sync::atomic::Ordering::SeqCst;
-                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let take = |counter: &std::sync::atomic::AtomicUsize| {
-                            counter
-                                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                                .is_ok()
-                        };
-                        if take(&state.fail_next) {
-                            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-                        }
-                        if take(&state.refuse_next) {
-                            return axum::Json(json!({"ok": false, "error": "internal_error"}))
-                                .into_response();
-                        }
-                        let channel = body["channel"].as_str().unwrap_or_default().to_owned();
-                        let refuse = |error: &str| {
-                            axum::Json(json!({"ok": false, "error": error})).into_response()
-                        };
-                        if method == "conversations.join" {
-                            if state.private.lock().unwrap().contains(&channel) {
-                                return refuse("method_not_supported_for_channel_type");
+        let router =
+            axum::Router::new().route(
+                "/api/{method}",
+                axum::routing::post(
+                    move |axum::extract::Path(method): axum::extract::Path<String>,
+                          headers: HeaderMap,
+                          body: axum::body::Bytes| {
+                        let state = state.clone();
+                        async move {
+                            let header = |name: &str| {
+                                headers
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            use axum::response::IntoResponse;
+                            use std::sync::atomic::Ordering::SeqCst;
+                            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let take = |counter: &std::sync::atomic::AtomicUsize| {
+                                counter
+                                    .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                                    .is_ok()
+                            };
+                            let down = state.down_for_token.lock().unwrap().as_ref().is_some_and(
+                                |token| header("authorization") == format!("Bearer {token}"),
+                            );
+                            if down || take(&state.fail_next) {
+                                return StatusCode::SERVICE_UNAVAILABLE.into_response();
                             }
-                            state.not_in.lock().unwrap().remove(&channel);
-                        }
-                        if method == "apps.connections.open" {
-                            let url = state.socket_url.lock().unwrap().clone();
-                            state.calls.lock().unwrap().push(SlackCall {
+                            if take(&state.refuse_next) {
+                                return axum::Json(json!({"ok": false, "error": "internal_error"}))
+                                    .into_response();
+                            }
+                            let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+                            let refuse = |error: &str| {
+                                axum::Json(json!({"ok": false, "error": error})).into_response()
+                            };
+                            if method == "conversations.join" {
+                                if state.private.lock().unwrap().contains(&channel) {
+                                    return refuse("method_not_supported_for_channel_type");
+                                }
+                                state.not_in.lock().unwrap().remove(&channel);
+                            }
+                            if method == "apps.connections.open" {
+                                let url = state.socket_url.lock().unwrap().clone();
+                                state.calls.lock().unwrap().push(SlackCall {
+                                    method: method.clone(),
+                                    authorization: header("authorization"),
+                                    content_type: header("content-type"),
+                                    body: body.clone(),
+                                });
+                                return axum::Json(json!({"ok": true, "url": url})).into_response();
+                            }
+                            if let Some(problem) = limits_broken(&method, &body) {
+                                state.invalid.fetch_add(1, SeqCst);
+                                return refuse(&problem);
+                            }
+                            if method == "views.open" {
+                                let trigger = body["trigger_id"].as_str().unwrap_or_default();
+                                let issued = state.triggers.lock().unwrap().get(trigger).copied();
+                                if issued.is_some_and(|at| {
+                                    at.elapsed() > std::time::Duration::from_secs(3)
+                                }) {
+                                    return refuse("expired_trigger_id");
+                                }
+                            }
+                            if method == "conversations.open" {
+                                let user = body["users"].as_str().unwrap_or_default();
+                                return axum::Json(
+                                    json!({"ok": true, "channel": {"id": format!("D{user}")}}),
+                                )
+                                .into_response();
+                            }
+                            if method == "chat.postMessage"
+                                && state.not_in.lock().unwrap().contains(&channel)
+                            {
+                                return refuse("not_in_channel");
+                            }
+                            let throttled = state
+                                .throttle_next
+                                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                                .is_ok();
+                            let too_fast = method == "chat.postMessage" && {
+                                let mut last = state.last_post.lock().unwrap();
+                                let now = std::time::Instant::now();
+                                let early = last
+                                    .get(&channel)
+                                    .is_some_and(|t| now.duration_since(*t) < FAKE_SLACK_INTERVAL);
+                                if !early && !throttled {
+                                    last.insert(channel.clone(), now);
+                                }
+                                early
+                            };
+                            if too_fast {
+                                state.too_fast.fetch_add(1, SeqCst);
+                            }
+                            if throttled || too_fast {
+                                return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "")
+                                    .into_response();
+                            }
+                            let mut calls = state.calls.lock().unwrap();
+                            calls.push(SlackCall {
                                 method: method.clone(),
                                 authorization: header("authorization"),
                                 content_type: header("content-type"),
                                 body: body.clone(),
                             });
-                            return axum::Json(json!({"ok": true, "url": url})).into_response();
+                            let ts = format!("1700000000.{:06}", calls.len());
+                            axum::Json(json!({"ok": true, "channel": body["channel"], "ts": ts}))
+                                .into_response()
                         }
-                        if let Some(problem) = limits_broken(&method, &body) {
-                            state.invalid.fetch_add(1, SeqCst);
-                            return refuse(&problem);
-                        }
-                        if method == "views.open" {
-                            let trigger = body["trigger_id"].as_str().unwrap_or_default();
-                            let issued = state.triggers.lock().unwrap().get(trigger).copied();
-                            if issued
-                                .is_some_and(|at| at.elapsed() > std::time::Duration::from_secs(3))
-                            {
-                                return refuse("expired_trigger_id");
-                            }
-                        }
-                        if method == "conversations.open" {
-                            let user = body["users"].as_str().unwrap_or_default();
-                            return axum::Json(
-                                json!({"ok": true, "channel": {"id": format!("D{user}")}}),
-                            )
-                            .into_response();
-                        }
-                        if method == "chat.postMessage"
-                            && state.not_in.lock().unwrap().contains(&channel)
-                        {
-                            return refuse("not_in_channel");
-                        }
-                        let throttled = state
-                            .throttle_next
-                            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                            .is_ok();
-                        let too_fast = method == "chat.postMessage" && {
-                            let mut last = state.last_post.lock().unwrap();
-                            let now = std::time::Instant::now();
-                            let early = last
-                                .get(&channel)
-                                .is_some_and(|t| now.duration_since(*t) < FAKE_SLACK_INTERVAL);
-                            if !early && !throttled {
-                                last.insert(channel.clone(), now);
-                            }
-                            early
-                        };
-                        if too_fast {
-                            state.too_fast.fetch_add(1, SeqCst);
-                        }
-                        if throttled || too_fast {
-                            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "")
-                                .into_response();
-                        }
-                        let mut calls = state.calls.lock().unwrap();
-                        calls.push(SlackCall {
-                            method: method.clone(),
-                            authorization: header("authorization"),
-                            content_type: header("content-type"),
-                            body: body.clone(),
-                        });
-                        let ts = format!("1700000000.{:06}", calls.len());
-                        axum::Json(json!({"ok": true, "channel": body["channel"], "ts": ts}))
-                            .into_response()
-                    }
-                },
-            ),
-        );
+                    },
+                ),
+            );
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         fake
     }
