@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use handlebars::{handlebars_helper, Handlebars};
-use serde::Serialize;
+use handlebars::{handlebars_helper, Context, Handlebars};
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 handlebars_helper!(truncate: |text: str, max: u64| {
@@ -72,15 +72,29 @@ impl Messages {
     }
 
     /// Renders a template to a JSON value.
-    pub fn render(&self, name: &str, data: &impl Serialize) -> Result<Value, MessageError> {
-        let error = |reason: String| MessageError::Template {
-            name: name.to_owned(),
-            reason,
-        };
+    pub fn render(&self, name: &str, data: Value) -> Result<Value, MessageError> {
+        let text = self.render_text(name, data)?;
+        serde_json::from_str(&text)
+            .map_err(|e| self.error(name, format!("did not render to JSON: {e}")))
+    }
+
+    /// Renders a template to JSON text, checked to parse: for an answer that goes out as it
+    /// is, without being built into a value first.
+    pub fn render_text(&self, name: &str, data: Value) -> Result<String, MessageError> {
+        // Owned data becomes the context as it is; a borrowed one would be copied.
         let text = self
             .registry
-            .render(name, data)
-            .map_err(|e| error(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| error(format!("did not render to JSON: {e}")))
+            .render_with_context(name, &Context::from(data))
+            .map_err(|e| self.error(name, e.to_string()))?;
+        serde_json::from_str::<IgnoredAny>(&text)
+            .map_err(|e| self.error(name, format!("did not render to JSON: {e}")))?;
+        Ok(text)
+    }
+
+    fn error(&self, name: &str, reason: String) -> MessageError {
+        MessageError::Template {
+            name: name.to_owned(),
+            reason,
+        }
     }
 }

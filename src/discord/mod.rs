@@ -245,7 +245,7 @@ async fn command(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Va
         max_listed: CHOICES,
     };
     match chat::answer(&state.app, &asker, command).await {
-        ChatAnswer::Message(name, data) => state.message(name, &data),
+        ChatAnswer::Message(name, data) => state.message(name, data),
         ChatAnswer::Refused(message) => state.refusal(message),
         ChatAnswer::AskInputs(asked, problems) if asked.missing.len() > MODAL_INPUTS => {
             let example: Vec<String> = asked.missing.iter().map(|m| format!("{m}=…")).collect();
@@ -255,7 +255,7 @@ async fn command(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Va
             ))
         }
         ChatAnswer::AskInputs(asked, problems) => match asked.open(&state.app).await {
-            Ok(form) => state.modal("input_modal", &form),
+            Ok(form) => state.modal("input_modal", form),
             Err(error) => state.refusal(format!(
                 "The run was not created:\n{problems}\n(The form could not be opened: {error})"
             )),
@@ -281,7 +281,7 @@ async fn button(state: &DiscordState, asked: &Invocation<String>) -> Value {
             Err(error) => state.refusal(error.to_string()),
         },
         "decline" => match app.may_decide(&who, &run).and_then(|()| app.run(&run)) {
-            Ok(run) => state.modal("decline_modal", &card_data(&run, mention)),
+            Ok(run) => state.modal("decline_modal", card_data(&run, mention)),
             Err(error) => state.refusal(error.to_string()),
         },
         _ => json!({"type": DEFERRED_UPDATE}),
@@ -298,7 +298,7 @@ async fn modal_submit(
     match custom_id.split_once(':') {
         Some(("inputs", key)) => match form::submit(&state.app, key, &who, values.clone()).await {
             Submitted::Created(run) => {
-                state.message("run_created", &created_data(&run, &state.command))
+                state.message("run_created", created_data(&run, &state.command))
             }
             Submitted::Expired => {
                 state.refusal("This form has expired; run the command again.".into())
@@ -409,7 +409,7 @@ async fn follow_up(state: &DiscordState, token: &str, deferral: u8, answer: &[u8
 
 impl DiscordState {
     /// A private message rendered from a template.
-    fn message(&self, template: &str, data: &Value) -> Value {
+    fn message(&self, template: &str, data: Value) -> Value {
         match self.messages.render(template, data) {
             Ok(mut message) => {
                 messages::fit(&mut message);
@@ -425,11 +425,11 @@ impl DiscordState {
 
     /// A private refusal that says why.
     fn refusal(&self, message: String) -> Value {
-        self.message("error", &json!({ "message": message }))
+        self.message("error", json!({ "message": message }))
     }
 
     /// A modal rendered from a template, fitted to Discord's limits.
-    fn modal(&self, template: &str, data: &Value) -> Value {
+    fn modal(&self, template: &str, data: Value) -> Value {
         match self.messages.render(template, data) {
             Ok(mut modal) => {
                 messages::fit_modal(&mut modal);

@@ -152,7 +152,7 @@ impl DiscordSurface {
     pub(super) fn render(&self, template: &str, data: Value) -> Result<Value, AppError> {
         let mut message = self
             .messages
-            .render(template, &data)
+            .render(template, data)
             .map_err(|e| AppError::Delivery(e.to_string()))?;
         fit(&mut message);
         Ok(message)

@@ -163,7 +163,7 @@ async fn open_decline_form(
     data["callback_id"] = json!(DECLINE_CALLBACK_ID);
     let view = state
         .messages
-        .render("decline_modal", &data)
+        .render("decline_modal", data)
         .map_err(|e| e.to_string())?;
     state
         .api

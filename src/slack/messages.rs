@@ -38,7 +38,7 @@ mod tests {
             &"x".repeat(10_000),
         ] {
             let out = messages
-                .render("error", &json!({"message": hostile}))
+                .render("error", json!({"message": hostile}))
                 .unwrap();
             let text = out.to_string();
             assert!(!text.contains("<!channel>"), "{text}");

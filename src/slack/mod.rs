@@ -132,8 +132,12 @@ impl Reply {
             Reply::Error(message) => ("error", json!({ "message": message })),
             Reply::Nothing => return StatusCode::OK.into_response(),
         };
-        match state.messages.render(name, &data) {
-            Ok(body) => Json(body).into_response(),
+        match state.messages.render_text(name, data) {
+            Ok(body) => (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
             Err(error) => {
                 tracing::error!(%error, "a Slack message did not render");
                 Json(json!({"response_type": "ephemeral", "text": "portbot could not render its answer; the operators have been told in the logs."}))
@@ -181,7 +185,7 @@ async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Re
     data["callback_id"] = json!(modal::CALLBACK_ID);
     let view = state
         .messages
-        .render("input_modal", &data)
+        .render("input_modal", data)
         .map_err(|e| e.to_string())?;
     let opened = tokio::time::timeout(
         std::time::Duration::from_millis(2500),

@@ -44,7 +44,7 @@ impl Surface for SlackSurface {
     }
 
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
-        let mut card = self.render("run_card", &card_data(run, mention))?;
+        let mut card = self.render("run_card", card_data(run, mention))?;
         card["channel"] = json!(channel);
         self.pace.slot(channel).await;
         let refusal = match self.api.call("chat.postMessage", &card).await {
@@ -87,7 +87,7 @@ impl Surface for SlackSurface {
             } else {
                 slack_json_escape(channel)
             });
-        let mut card = self.render("run_card", &data)?;
+        let mut card = self.render("run_card", data)?;
         card["channel"] = json!(direct);
         let answer = self.post("chat.postMessage", &card).await?;
         Ok(card_reference(direct, &answer))
@@ -100,28 +100,28 @@ impl Surface for SlackSurface {
         group: &[RunEvent],
     ) -> Result<Option<Value>, AppError> {
         let data = reply_data(run, group, Self::LOG_CHARS, mention);
-        let mut message = self.render("thread_reply", &data)?;
+        let mut message = self.render("thread_reply", data)?;
         message["channel"] = card["channel"].clone();
         message["thread_ts"] = card["card_ts"].clone();
         self.post("chat.postMessage", &message).await.map(|_| None)
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
-        let mut message = self.render("run_card", &card_data(run, mention))?;
+        let mut message = self.render("run_card", card_data(run, mention))?;
         message["channel"] = card["channel"].clone();
         message["ts"] = card["card_ts"].clone();
         self.post("chat.update", &message).await.map(|_| ())
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
-        let mut message = self.render("approval_request", &request_data(run, mention))?;
+        let mut message = self.render("approval_request", request_data(run, mention))?;
         message["channel"] = json!(self.approval_channel);
         let answer = self.post("chat.postMessage", &message).await?;
         Ok(json!({"channel": self.approval_channel, "ts": answer["ts"]}))
     }
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
-        let mut message = self.render("approval_request", &request_data(run, mention))?;
+        let mut message = self.render("approval_request", request_data(run, mention))?;
         message["channel"] = request["channel"].clone();
         message["ts"] = request["ts"].clone();
         self.post("chat.update", &message).await.map(|_| ())
@@ -134,7 +134,7 @@ fn card_reference(channel: &str, answer: &Value) -> Value {
 }
 
 impl SlackSurface {
-    pub(super) fn render(&self, template: &str, data: &Value) -> Result<Value, AppError> {
+    pub(super) fn render(&self, template: &str, data: Value) -> Result<Value, AppError> {
         self.messages
             .render(template, data)
             .map_err(|e| AppError::Delivery(e.to_string()))
