@@ -166,6 +166,13 @@ impl App {
             .ok_or_else(|| AppError::RunNotFound(id.clone()))
     }
 
+    pub fn run_status(&self, id: &RunId) -> Result<RunStatus, AppError> {
+        self.inner
+            .store
+            .run_status(id)?
+            .ok_or_else(|| AppError::RunNotFound(id.clone()))
+    }
+
     /// The runs not ended of the actions `wanted` accepts; other runs are not read.
     pub fn active_runs_of(&self, wanted: impl Fn(&Action) -> bool) -> Result<Vec<Run>, AppError> {
         let wanted = |id: &str| self.action(id).is_ok_and(&wanted);

@@ -161,9 +161,8 @@ impl Dispatcher {
         };
         let ok = self
             .app
-            .run(&run.id)
-            .map(|r| r.status != RunStatus::Failure)
-            .unwrap_or(false);
+            .run_status(&run.id)
+            .is_ok_and(|status| status != RunStatus::Failure);
         self.app
             .metrics()
             .backend_finished(kind, ok && result.is_ok(), started.elapsed());

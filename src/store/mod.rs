@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
-use crate::core::run::{EventKind, Run, RunEvent};
+use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
 use wal::Wal;
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +226,15 @@ impl Store {
 
     pub fn run(&self, id: &RunId) -> StoreResult<Option<Run>> {
         self.get(&run_key(id))
+    }
+
+    /// A run's status alone: its record is read without building the rest of it.
+    pub fn run_status(&self, id: &RunId) -> StoreResult<Option<RunStatus>> {
+        #[derive(serde::Deserialize)]
+        struct StatusOnly {
+            status: RunStatus,
+        }
+        Ok(self.get::<StatusOnly>(&run_key(id))?.map(|r| r.status))
     }
 
     /// Runs newest first (only those not ended with `active_only`), those `keep` accepts, at
