@@ -606,9 +606,7 @@ impl App {
     fn stage(&self, run: &mut Run, kinds: Vec<EventKind>, change: &mut Change) -> Vec<RunEvent> {
         let events = run.record(kinds, Utc::now());
         change.put_run(run);
-        for event in &events {
-            change.put_event(event, run.action.identifier.as_str());
-        }
+        change.put_events(&events, run.action.identifier.as_str());
         for consumer in &self.inner.consumers {
             if events.iter().any(|e| (consumer.wants)(run, &e.kind)) {
                 change.mark_due(consumer.name, &run.id);

@@ -12,7 +12,7 @@
 //! | key                       | value                                    |
 //! |---------------------------|------------------------------------------|
 //! | `run/<run>`               | the run (JSON)                           |
-//! | `ev/<run>/<seq>`          | one run event (JSON)                     |
+//! | `ev/<run>/<seq>`          | the events of one change, the last `<seq>` (JSON: one event, or an array of them) |
 //! | `active/<run>`            | the run's action id; the run has not ended |
 //! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
@@ -112,15 +112,25 @@ impl Change {
         self.insert(run_key(&run.id), json(run));
     }
 
-    /// Stores an event of a run of `action`; a run's creation and end also update the index
-    /// of active runs, which names each run's action.
-    pub fn put_event(&mut self, event: &RunEvent, action: &str) {
-        self.insert(event_key(&event.run_id, event.seq), json(event));
-        let active = || format!("active/{}", event.run_id).into_bytes();
-        match event.kind {
-            EventKind::Created => self.insert(active(), action.as_bytes()),
-            EventKind::Ended { .. } => self.remove(active()),
-            _ => {}
+    /// Stores events of a run of `action`, made together, under one key (each key costs sled
+    /// a write of its own); a run's creation and end also update the index of active runs,
+    /// which names each run's action.
+    pub fn put_events(&mut self, events: &[RunEvent], action: &str) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let value = match events {
+            [one] => json(one),
+            many => json(&many),
+        };
+        self.insert(event_key(&last.run_id, last.seq), value);
+        let active = || format!("active/{}", first.run_id).into_bytes();
+        for event in events {
+            match event.kind {
+                EventKind::Created => self.insert(active(), action.as_bytes()),
+                EventKind::Ended { .. } => self.remove(active()),
+                _ => {}
+            }
         }
     }
 
@@ -280,6 +290,8 @@ impl Store {
 
     /// A run's events with a sequence number above `after`, in order.
     pub fn events(&self, run: &RunId, after: u64) -> StoreResult<Vec<RunEvent>> {
+        // A key names the last event it holds, so the first key at or past `after + 1` may
+        // hold earlier events too.
         let start = event_key(run, after + 1);
         let prefix = format!("ev/{run}/").into_bytes();
         let mut out = Vec::new();
@@ -288,8 +300,12 @@ impl Store {
             if !key.starts_with(&prefix) {
                 break;
             }
-            out.push(serde_json::from_slice(&bytes)?);
+            match bytes.first() {
+                Some(b'[') => out.extend(serde_json::from_slice::<Vec<RunEvent>>(&bytes)?),
+                _ => out.push(serde_json::from_slice(&bytes)?),
+            }
         }
+        out.retain(|e| e.seq > after);
         Ok(out)
     }
 
@@ -373,5 +389,54 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(run: &RunId, seq: u64, kind: EventKind) -> RunEvent {
+        RunEvent {
+            run_id: run.clone(),
+            seq,
+            at: chrono::Utc::now(),
+            kind,
+        }
+    }
+
+    fn log(run: &RunId, seq: u64) -> RunEvent {
+        let message = format!("line {seq}");
+        event(run, seq, EventKind::Log { message })
+    }
+
+    #[tokio::test]
+    async fn events_stored_together_or_alone_read_back_in_order_after_any_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 8, Duration::from_secs(60)).unwrap();
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        let other = RunId::new(1_700_000_000_001, 0, 1);
+        let mut change = Change::default();
+        change.put_events(&[event(&run, 1, EventKind::Created), log(&run, 2)], "a");
+        change.put_events(&[log(&run, 3)], "a");
+        change.put_events(&[log(&run, 4), log(&run, 5), log(&run, 6)], "a");
+        change.put_events(&[event(&other, 1, EventKind::Created)], "a");
+        store.commit(change).await.unwrap();
+        let seqs = |after| -> Vec<u64> {
+            let events = store.events(&run, after).unwrap();
+            events.iter().map(|e| e.seq).collect()
+        };
+        assert_eq!(seqs(0), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs(1), [2, 3, 4, 5, 6], "a group is cut at `after`");
+        assert_eq!(seqs(4), [5, 6]);
+        assert_eq!(seqs(6), Vec::<u64>::new());
+        assert_eq!(store.events(&other, 0).unwrap().len(), 1);
+        assert_eq!(
+            store.active_runs_of(|_| true).unwrap().len(),
+            0,
+            "no run records"
+        );
+        let index: Vec<_> = store.db.scan_prefix(b"active/").collect();
+        assert_eq!(index.len(), 2, "both creations are indexed");
     }
 }
