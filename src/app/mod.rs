@@ -608,8 +608,8 @@ impl App {
         change.put_run(run);
         change.put_events(&events, run.action.identifier.as_str());
         for consumer in &self.inner.consumers {
-            if events.iter().any(|e| (consumer.wants)(run, &e.kind)) {
-                change.mark_due(consumer.name, &run.id);
+            if let Some(first) = events.iter().find(|e| (consumer.wants)(run, &e.kind)) {
+                change.mark_due(consumer.name, &run.id, first.seq);
             }
         }
         events

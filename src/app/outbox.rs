@@ -75,14 +75,17 @@ impl App {
     pub fn outbox_pending(&self, consumer: &str, run: &RunId) -> Result<Pending, AppError> {
         let wants = self.consumer(consumer).wants;
         let current = self.run(run)?;
-        let after = self.inner.store.delivered(consumer, run)?;
-        let events = self
-            .inner
-            .store
-            .events(run, after)?
-            .into_iter()
-            .filter(|e| wants(&current, &e.kind))
-            .collect();
+        let events = match self.inner.store.delivered(consumer, run)? {
+            Some(after) => self
+                .inner
+                .store
+                .events(run, after)?
+                .into_iter()
+                .filter(|e| wants(&current, &e.kind))
+                .collect(),
+            // Not due: everything was delivered.
+            None => Vec::new(),
+        };
         Ok(Pending {
             run: current,
             events,

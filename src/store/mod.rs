@@ -14,8 +14,8 @@
 //! | `run/<run>`               | the run (JSON)                           |
 //! | `ev/<run>/<seq>`          | the events of one change, the last `<seq>` (JSON: one event, or an array of them) |
 //! | `active/<run>`            | the run's action id; the run has not ended |
-//! | `due/<consumer>/<run>`    | empty; the run has events to deliver     |
-//! | `cur/<consumer>/<run>`    | seq of the last delivered event          |
+//! | `due/<consumer>/<run>`    | the run has events to deliver, from this seq on (8 bytes; empty in stores before that: see `cur/`) |
+//! | `cur/<consumer>/<run>`    | seq of the last delivered event, as stores before due marks held a seq wrote it |
 //! | `ref/<consumer>/<run>`    | what the consumer keeps (chat message ids) |
 //! | `inv/<run>`               | backend invocation attempts so far       |
 //! | `form/<key>`              | a chat form (modal) in progress          |
@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
-use wal::Wal;
+use wal::{Wal, Write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,7 +57,7 @@ pub struct Store {
 /// A set of writes committed atomically by [`Store::commit`].
 #[derive(Default)]
 pub struct Change {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<wal::Op>,
 }
 
 fn run_key(id: &RunId) -> Vec<u8> {
@@ -77,6 +77,10 @@ fn event_key(id: &RunId, seq: u64) -> Vec<u8> {
     key
 }
 
+fn due_key(consumer: &str, run: &RunId) -> Vec<u8> {
+    format!("due/{consumer}/{run}").into_bytes()
+}
+
 fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
     format!("ent/{blueprint}/{id}").into_bytes()
 }
@@ -87,11 +91,11 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl Change {
     fn insert(&mut self, key: Vec<u8>, value: impl Into<Vec<u8>>) {
-        self.ops.push((key, Some(value.into())));
+        self.ops.push((key, Write::Insert(value.into())));
     }
 
     fn remove(&mut self, key: Vec<u8>) {
-        self.ops.push((key, None));
+        self.ops.push((key, Write::Remove));
     }
 
     /// How many writes the change holds; with [`Change::truncate`], a savepoint.
@@ -134,18 +138,21 @@ impl Change {
         }
     }
 
-    /// Marks the run as having events for `consumer` to deliver.
-    pub fn mark_due(&mut self, consumer: &str, run: &RunId) {
-        self.insert(format!("due/{consumer}/{run}").into_bytes(), Vec::new());
+    /// Marks the run as having events for `consumer` to deliver from `from_seq` on, unless it
+    /// is due already (from an earlier event, which it stays).
+    pub fn mark_due(&mut self, consumer: &str, run: &RunId, from_seq: u64) {
+        self.ops.push((
+            due_key(consumer, run),
+            Write::InsertIfAbsent(from_seq.to_be_bytes().to_vec()),
+        ));
     }
 
+    /// `consumer` delivered the run's events up to `seq`: the run stays due from `seq + 1`, or
+    /// is no longer due once caught up. One write either way: the due mark is the cursor.
     pub fn set_delivered(&mut self, consumer: &str, run: &RunId, seq: u64, caught_up: bool) {
-        self.insert(
-            format!("cur/{consumer}/{run}").into_bytes(),
-            seq.to_be_bytes(),
-        );
-        if caught_up {
-            self.remove(format!("due/{consumer}/{run}").into_bytes());
+        match caught_up {
+            true => self.remove(due_key(consumer, run)),
+            false => self.insert(due_key(consumer, run), (seq + 1).to_be_bytes()),
         }
     }
 
@@ -314,13 +321,19 @@ impl Store {
         self.ids_under(format!("due/{consumer}/").as_bytes())
     }
 
-    /// The sequence number of the last event delivered to `consumer`, 0 if none.
-    pub fn delivered(&self, consumer: &str, run: &RunId) -> StoreResult<u64> {
-        Ok(self
-            .db
-            .get(format!("cur/{consumer}/{run}"))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+    /// The sequence number of the last event delivered to `consumer` while the run is due for
+    /// it; `None` when it is not (everything was delivered).
+    pub fn delivered(&self, consumer: &str, run: &RunId) -> StoreResult<Option<u64>> {
+        let seq = |bytes: &[u8]| bytes.try_into().ok().map(u64::from_be_bytes);
+        let Some(due) = self.db.get(due_key(consumer, run))? else {
+            return Ok(None);
+        };
+        if let Some(from) = seq(&due) {
+            return Ok(Some(from.saturating_sub(1)));
+        }
+        // A mark from a store written before due marks held a seq: its cursor is apart.
+        let cursor = self.db.get(format!("cur/{consumer}/{run}"))?;
+        Ok(Some(cursor.and_then(|c| seq(&c)).unwrap_or(0)))
     }
 
     pub fn form(&self, key: &str) -> StoreResult<Option<serde_json::Value>> {
@@ -410,10 +423,67 @@ mod tests {
         event(run, seq, EventKind::Log { message })
     }
 
+    fn store(dir: &tempfile::TempDir) -> Store {
+        Store::open(&dir.path().join("db"), 8, Duration::from_secs(60)).unwrap()
+    }
+
+    async fn commit(store: &Store, write: impl FnOnce(&mut Change)) {
+        let mut change = Change::default();
+        write(&mut change);
+        store.commit(change).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_due_mark_is_the_cursor_and_keeps_the_earliest_undelivered_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        assert_eq!(store.delivered("c", &run).unwrap(), None, "not due");
+        commit(&store, |c| c.mark_due("c", &run, 1)).await;
+        commit(&store, |c| c.mark_due("c", &run, 3)).await;
+        assert_eq!(
+            store.delivered("c", &run).unwrap(),
+            Some(0),
+            "due from event 1"
+        );
+        commit(&store, |c| c.set_delivered("c", &run, 2, false)).await;
+        assert_eq!(store.delivered("c", &run).unwrap(), Some(2));
+        assert_eq!(store.due_runs("c").unwrap(), std::slice::from_ref(&run));
+        commit(&store, |c| c.set_delivered("c", &run, 3, true)).await;
+        assert_eq!(store.delivered("c", &run).unwrap(), None, "caught up");
+        assert!(store.due_runs("c").unwrap().is_empty());
+        commit(&store, |c| c.mark_due("c", &run, 7)).await;
+        assert_eq!(store.delivered("c", &run).unwrap(), Some(6));
+        assert_eq!(store.delivered("other", &run).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_due_mark_written_before_marks_held_a_seq_reads_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        commit(&store, |c| {
+            c.insert(format!("due/c/{run}").into_bytes(), Vec::new());
+            c.insert(format!("cur/c/{run}").into_bytes(), 4u64.to_be_bytes());
+        })
+        .await;
+        assert_eq!(store.delivered("c", &run).unwrap(), Some(4));
+        commit(&store, |c| {
+            c.insert(format!("due/c/{run}").into_bytes(), Vec::new())
+        })
+        .await;
+        commit(&store, |c| c.remove(format!("cur/c/{run}").into_bytes())).await;
+        assert_eq!(
+            store.delivered("c", &run).unwrap(),
+            Some(0),
+            "no cursor: from the start"
+        );
+    }
+
     #[tokio::test]
     async fn events_stored_together_or_alone_read_back_in_order_after_any_seq() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), 8, Duration::from_secs(60)).unwrap();
+        let store = store(&dir);
         let run = RunId::new(1_700_000_000_000, 0, 1);
         let other = RunId::new(1_700_000_000_001, 0, 1);
         let mut change = Change::default();

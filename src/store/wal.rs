@@ -21,10 +21,13 @@
 //! sled before that flush starts.
 //!
 //! A record is `[len: u32][crc32: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
-//! an insert or `[0][klen: u32][key]` for a removal, all little-endian.
+//! an insert, `[2][klen: u32][key][vlen: u32][value]` for an insert that keeps a value already
+//! there, or `[0][klen: u32][key]` for a removal, all little-endian. Replaying any tail of the
+//! log in order gives the same state as applying it once: each key's last insert or removal
+//! decides, and a keeping insert after it decides the same way both times.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -34,7 +37,16 @@ use tokio::sync::oneshot;
 
 use super::{StoreError, StoreResult};
 
-type Op = (Vec<u8>, Option<Vec<u8>>);
+/// One write to sled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Insert(Vec<u8>),
+    /// Inserts unless the key has a value, which it keeps.
+    InsertIfAbsent(Vec<u8>),
+    Remove,
+}
+
+pub type Op = (Vec<u8>, Write);
 
 /// A change waiting for the writer, and who to tell.
 enum Reply {
@@ -70,8 +82,13 @@ fn open_segment(dir: &Path, segment: u64) -> std::io::Result<File> {
 
 fn encode(ops: &[Op], out: &mut Vec<u8>) {
     let mut body = Vec::new();
-    for (key, value) in ops {
-        body.push(u8::from(value.is_some()));
+    for (key, write) in ops {
+        let (kind, value) = match write {
+            Write::Remove => (0, None),
+            Write::Insert(value) => (1, Some(value)),
+            Write::InsertIfAbsent(value) => (2, Some(value)),
+        };
+        body.push(kind);
         body.extend_from_slice(&(key.len() as u32).to_le_bytes());
         body.extend_from_slice(key);
         if let Some(value) = value {
@@ -98,16 +115,20 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
         let mut rest = body;
         let mut ops = Vec::new();
         while !rest.is_empty() {
-            let insert = take(&mut rest, 1)?[0] == 1;
+            let kind = take(&mut rest, 1)?[0];
             let len = u32_at(&mut rest)?;
             let key = take(&mut rest, len)?.to_vec();
-            let value = if insert {
+            let mut value = || -> Option<Vec<u8>> {
                 let len = u32_at(&mut rest)?;
                 Some(take(&mut rest, len)?.to_vec())
-            } else {
-                None
             };
-            ops.push((key, value));
+            let write = match kind {
+                0 => Write::Remove,
+                1 => Write::Insert(value()?),
+                2 => Write::InsertIfAbsent(value()?),
+                _ => return None,
+            };
+            ops.push((key, write));
         }
         Some(ops)
     }
@@ -129,11 +150,19 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
 }
 
 fn apply(db: &sled::Db, ops: &[Op]) -> sled::Result<()> {
-    for (key, value) in ops {
-        match value {
-            Some(value) => db.insert(key.as_slice(), value.as_slice())?,
-            None => db.remove(key.as_slice())?,
-        };
+    for (key, write) in ops {
+        match write {
+            Write::Insert(value) => {
+                db.insert(key.as_slice(), value.as_slice())?;
+            }
+            Write::InsertIfAbsent(value) => {
+                // Err(_) inside: the key has a value, which stays.
+                let _ = db.compare_and_swap(key, None::<&[u8]>, Some(value.as_slice()))?;
+            }
+            Write::Remove => {
+                db.remove(key.as_slice())?;
+            }
+        }
     }
     Ok(())
 }
@@ -361,7 +390,11 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
-        let ops: Vec<Op> = vec![(b"a".to_vec(), Some(b"1".to_vec())), (b"b".to_vec(), None)];
+        let ops: Vec<Op> = vec![
+            (b"a".to_vec(), Write::Insert(b"1".to_vec())),
+            (b"b".to_vec(), Write::Remove),
+            (b"c".to_vec(), Write::InsertIfAbsent(b"2".to_vec())),
+        ];
         let mut bytes = Vec::new();
         encode(&ops, &mut bytes);
         encode(&ops[..1], &mut bytes);
@@ -374,5 +407,36 @@ mod tests {
         );
         bytes[whole + 9] ^= 0xff;
         assert_eq!(decode(&bytes).len(), 2, "a corrupt record ends the replay");
+    }
+
+    #[test]
+    fn replaying_a_log_over_any_state_it_partly_reached_gives_the_same_state() {
+        let ops: Vec<Op> = vec![
+            (b"k".to_vec(), Write::InsertIfAbsent(b"1".to_vec())),
+            (b"k".to_vec(), Write::Insert(b"5".to_vec())),
+            (b"k".to_vec(), Write::Remove),
+            (b"k".to_vec(), Write::InsertIfAbsent(b"9".to_vec())),
+            (b"k".to_vec(), Write::InsertIfAbsent(b"10".to_vec())),
+        ];
+        // What sled may hold on its own after a crash: any prefix of the log applied.
+        for applied in 0..=ops.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            apply(&db, &ops[..applied]).unwrap();
+            let log = dir.path().join("wal");
+            std::fs::create_dir_all(&log).unwrap();
+            let mut bytes = Vec::new();
+            encode(&ops, &mut bytes);
+            std::fs::write(segment_path(&log, 0), bytes).unwrap();
+            let _wal = Wal::open(&db, log, Duration::from_secs(60)).unwrap();
+            assert_eq!(
+                db.get(b"k").unwrap().as_deref(),
+                Some(&b"9"[..]),
+                "after {applied} ops"
+            );
+        }
     }
 }
