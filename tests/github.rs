@@ -308,12 +308,10 @@ async fn lost_answers_and_outages_are_retried_and_a_lasting_outage_fails_with_th
         5,
         "the branch look-up: 502, 503, a secondary rate limit, answered; then again after the lost 422"
     );
-    let logs = app.log_lines(&run).await;
-    assert!(
-        logs.iter()
-            .any(|l| l.ends_with(&format!("pull request https://github.example/{REPO}/pull/1 was opened by an earlier attempt; kept"))),
-        "{logs:?}"
+    let kept = format!(
+        "pull request https://github.example/{REPO}/pull/1 was opened by an earlier attempt; kept"
     );
+    app.wait_for_log(&run, |l| l.ends_with(&kept)).await;
 
     // An outage that does not end: the run fails with the reason.
     fake.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -103,12 +103,8 @@ async fn create_day2_and_delete_runs_change_one_file_through_reviewed_branches()
     assert!(tf.contains("  notes          = \"\"\n"), "{tf}");
     hcl::parse(&tf).expect("the committed file parses");
     terraform_fmt_check(&tf);
-    let logs = app.log_lines(&first).await;
-    assert!(
-        logs.iter()
-            .any(|l| l.starts_with(&format!("pushed branch {branch} ("))),
-        "{logs:?}"
-    );
+    let pushed = format!("pushed branch {branch} (");
+    app.wait_for_log(&first, |l| l.starts_with(&pushed)).await;
 
     // A merge, seen by polling, ends the run and updates the catalog once.
     repo.merge(&branch);

@@ -231,6 +231,22 @@ impl TestApp {
         panic!("run {id} never got a link: {}", self.run(id).await);
     }
 
+    /// Waits (up to 20 s) until a log line of the run matches; returns the lines. A backend's
+    /// note on what it did is recorded just after the run's link, so it may come a moment later.
+    pub async fn wait_for_log(&self, id: &str, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        for _ in 0..200 {
+            let lines = self.log_lines(id).await;
+            if lines.iter().any(|l| wanted(l)) {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "run {id} never logged the line: {:?}",
+            self.log_lines(id).await
+        );
+    }
+
     /// A catalog entity through the API: the status and the entity (`Null` if none).
     pub async fn entity(&self, blueprint: &str, id: &str) -> (StatusCode, Value) {
         let path = format!("/v1/blueprints/{blueprint}/entities/{id}");
