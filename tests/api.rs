@@ -390,25 +390,11 @@ async fn the_demo_runs_through_approval_a_command_and_updates_the_catalog() {
     );
     assert_eq!(logs.last().unwrap(), "the command exited with code 0");
 
-    let (_, body) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(body["entity"]["properties"]["instances"], 3);
-    let (_, body) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Component/entities/mailer",
-            None,
-            None,
-        )
-        .await;
+    let (_, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(resource["properties"]["instances"], 3);
+    let (_, mailer) = app.entity("Component", "mailer").await;
     assert_eq!(
-        body["entity"]["relations"]["resources"],
+        mailer["relations"]["resources"],
         json!(["mailer-documentdb"])
     );
 
@@ -428,16 +414,9 @@ async fn the_demo_runs_through_approval_a_command_and_updates_the_catalog() {
     );
     app.decide(OPS, &day2, "APPROVE").await;
     app.wait_for(&day2, "SUCCESS").await;
-    let (_, body) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(body["entity"]["properties"]["instances"], 4);
-    assert_eq!(body["entity"]["properties"]["type"], "documentdb");
+    let (_, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(resource["properties"]["instances"], 4);
+    assert_eq!(resource["properties"]["type"], "documentdb");
 
     // The event stream tells the whole story in order.
     let (_, body) = app

@@ -224,14 +224,7 @@ async fn the_whole_story_command_approval_backend_logs_success_and_catalog() {
     assert!(calls.iter().any(|c| c.method == "PATCH"
         && c.path.contains(CHANNEL)
         && c.body.to_string().contains("SUCCESS")));
-    let (status, entity) = app
-        .admin(
-            "GET",
-            "/v1/blueprints/Resource/entities/mailer-documentdb",
-            None,
-            None,
-        )
-        .await;
+    let (status, entity) = app.entity("Resource", "mailer-documentdb").await;
     assert_eq!(status, 200, "{entity}");
     fake.assert_nothing_refused();
 }
@@ -320,12 +313,7 @@ async fn help_list_status_and_autocomplete() {
         listed.contains("add-documentdb") && !listed.contains("scaffold-service"),
         "{listed}"
     );
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=2")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     let (_, status) = send(&app, &command(DEV, "status", Some(&run), None)).await;
     assert!(
         private_text(&status).contains("WAITING_FOR_APPROVAL"),
@@ -454,12 +442,7 @@ async fn rate_limits_and_outages_are_waited_out_and_every_line_arrives_once_in_o
     fake.fail_next.store(2, SeqCst);
     let app = discord_app(&fake).await;
     // A run through the API whose backend is the test: it logs long lines and ends.
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=1")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     let long = "x".repeat(5_000);
     let mut lines: Vec<String> = (0..30).map(|i| format!("line {i:02}")).collect();
     lines.insert(10, long.clone());
@@ -502,12 +485,7 @@ async fn a_message_whose_answer_was_lost_is_not_posted_again() {
     // hears 502s, so it posts each again.
     fake.lose_answers_next.store(3, SeqCst);
     let app = discord_app(&fake).await;
-    let (_, created) = send(
-        &app,
-        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=1")),
-    )
-    .await;
-    let run = run_in(&private_text(&created));
+    let run = new_run(&app).await;
     let (status, body) = app
         .backend(
             "POST",

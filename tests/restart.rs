@@ -23,6 +23,14 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 struct Server(Child);
 
+impl Server {
+    /// SIGKILL: no graceful shutdown, no final flush.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -82,7 +90,7 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
     );
     let dir = common::deployment(&[webhook, long]);
     let addr = free_addr();
-    let mut server = start(dir.path(), addr, "first.log").await;
+    let server = start(dir.path(), addr, "first.log").await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
 
     let waiting = app
@@ -124,10 +132,7 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // SIGKILL: no graceful shutdown, no final flush.
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
     let receiver = Receiver::start_on(hook_addr).await;
     let _server = start(dir.path(), addr, "second.log").await;
     let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
@@ -238,7 +243,7 @@ async fn slack_steps_survive_a_kill() {
     let mut first_env = env.clone();
     first_env.retain(|(key, _)| *key != "PORTBOT__SLACK__BOT_TOKEN");
     first_env.push(("PORTBOT__SLACK__BOT_TOKEN", "xoxb-killed".to_owned()));
-    let mut server = start_with(dir.path(), addr, "a.log", &first_env).await;
+    let server = start_with(dir.path(), addr, "a.log", &first_env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
 
     // 1. A form opens; 2. a run is stored while Slack is down, so its card is not posted yet.
@@ -268,12 +273,10 @@ async fn slack_steps_survive_a_kill() {
     assert_eq!(status, 200);
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let first = body["runs"][0]["id"].as_str().unwrap().to_owned();
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
 
     // After the restart the card and the approval request go out, once each.
-    let mut server = start_with(dir.path(), addr, "b.log", &env).await;
+    let server = start_with(dir.path(), addr, "b.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let posted_about = |channel: &str, run: &str| {
         fake.calls()
@@ -308,9 +311,7 @@ async fn slack_steps_survive_a_kill() {
     assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
 
     // 3. The approval request posted before a kill is still decided by its button.
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
     let _server = start_with(dir.path(), addr, "c.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let (status, _) = post_slack(
@@ -370,7 +371,7 @@ async fn discord_steps_survive_a_kill() {
         ("PORTBOT__DISCORD__APPROVAL_CHANNEL", APPROVALS.to_owned()),
     ];
     let addr = free_addr();
-    let mut server = start_with(dir.path(), addr, "a.log", &env).await;
+    let server = start_with(dir.path(), addr, "a.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let posted_about = |channel: &str, run: &str| {
         fake.posted_in(channel)
@@ -403,15 +404,13 @@ async fn discord_steps_survive_a_kill() {
     assert_eq!(status, 200, "{answer}");
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let first = body["runs"][0]["id"].as_str().unwrap().to_owned();
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
 
     // After the restart the card, its thread and the approval request go out, once each. A
     // post of the killed process that the fake reads only now does not count twice either:
     // Discord creates one message per nonce.
     fake.fail_next.store(0, SeqCst);
-    let mut server = start_with(dir.path(), addr, "b.log", &env).await;
+    let server = start_with(dir.path(), addr, "b.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     fake.calls_when(|_| posted_about(CHANNEL, &first) == 1 && posted_about(APPROVALS, &first) == 1)
         .await;
@@ -438,9 +437,7 @@ async fn discord_steps_survive_a_kill() {
     assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
 
     // 3. The approval request posted before a kill is still decided by its button.
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
     let _server = start_with(dir.path(), addr, "c.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let (_, answer) = discord::send(
@@ -501,7 +498,7 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
         ("PORTBOT__GITHUB__TOKEN", TOKEN.to_owned()),
         ("PORTBOT__GITHUB__POLL_INTERVAL_SECONDS", "1".to_owned()),
     ];
-    let mut server = start_with(dir.path(), addr, "first.log", &env).await;
+    let server = start_with(dir.path(), addr, "first.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
     let run = app
         .run_id(
@@ -524,9 +521,7 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
         1,
         "the pull request was being opened"
     );
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
-    drop(server);
+    server.kill();
     *fake.hold_pulls.lock().unwrap() = None;
 
     let _server = start_with(dir.path(), addr, "second.log", &env).await;

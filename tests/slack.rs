@@ -701,9 +701,26 @@ async fn declining_asks_for_a_reason_that_reaches_the_requester() {
     );
 }
 
+/// Sends a Socket Mode envelope as Slack does and returns portbot's ack of it.
+async fn exchange(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    envelope: Value,
+) -> Value {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::text(envelope.to_string()))
+        .await
+        .unwrap();
+    match socket.next().await.unwrap().unwrap() {
+        Message::Text(text) => serde_json::from_str(&text).unwrap(),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn socket_mode_carries_commands_and_clicks() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let fake = FakeSlack::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -732,14 +749,7 @@ async fn socket_mode_carries_commands_and_clicks() {
     };
     let command = form_json(&form("UDEV", "add-documentdb mailer instances=2"));
     let envelope = json!({"envelope_id": "e-1", "type": "slash_commands", "payload": command, "accepts_response_payload": true});
-    socket
-        .send(Message::text(envelope.to_string()))
-        .await
-        .unwrap();
-    let ack: Value = match socket.next().await.unwrap().unwrap() {
-        Message::Text(text) => serde_json::from_str(&text).unwrap(),
-        other => panic!("expected an ack, got {other:?}"),
-    };
+    let ack = exchange(&mut socket, envelope).await;
     assert_eq!(ack["envelope_id"], "e-1");
     assert_eq!(ack["payload"]["response_type"], "ephemeral");
     assert!(
@@ -756,14 +766,7 @@ async fn socket_mode_carries_commands_and_clicks() {
         serde_urlencoded::from_str(&click("UOPS", "approve", &run)).unwrap();
     let click_payload: Value = serde_json::from_str(&pairs[0].1).unwrap();
     let envelope = json!({"envelope_id": "e-2", "type": "interactive", "payload": click_payload, "accepts_response_payload": false});
-    socket
-        .send(Message::text(envelope.to_string()))
-        .await
-        .unwrap();
-    let ack: Value = match socket.next().await.unwrap().unwrap() {
-        Message::Text(text) => serde_json::from_str(&text).unwrap(),
-        other => panic!("expected an ack, got {other:?}"),
-    };
+    let ack = exchange(&mut socket, envelope).await;
     assert_eq!(ack["envelope_id"], "e-2");
     app.wait_for(&run, "SUCCESS").await;
     assert!(fake
