@@ -73,25 +73,32 @@ impl Messages {
 
     /// Renders a template to a JSON value.
     pub fn render(&self, name: &str, data: Value) -> Result<Value, MessageError> {
-        let text = self.render_text(name, data)?;
-        serde_json::from_str(&text)
-            .map_err(|e| self.error(name, format!("did not render to JSON: {e}")))
+        let text = self.handlebars(name, data)?;
+        serde_json::from_str(&text).map_err(|e| not_json(name, e))
     }
 
     /// Renders a template to JSON text, checked to parse: for an answer that goes out as it
     /// is, without being built into a value first.
     pub fn render_text(&self, name: &str, data: Value) -> Result<String, MessageError> {
-        // Owned data becomes the context as it is; a borrowed one would be copied.
-        let text = self
-            .registry
-            .render_with_context(name, &Context::from(data))
-            .map_err(|e| self.error(name, e.to_string()))?;
-        serde_json::from_str::<IgnoredAny>(&text)
-            .map_err(|e| self.error(name, format!("did not render to JSON: {e}")))?;
+        let text = self.handlebars(name, data)?;
+        serde_json::from_str::<IgnoredAny>(&text).map_err(|e| not_json(name, e))?;
         Ok(text)
     }
 
-    fn error(&self, name: &str, reason: String) -> MessageError {
+    fn handlebars(&self, name: &str, data: Value) -> Result<String, MessageError> {
+        // Owned data becomes the context as it is; a borrowed one would be copied.
+        self.registry
+            .render_with_context(name, &Context::from(data))
+            .map_err(|e| MessageError::template(name, e.to_string()))
+    }
+}
+
+fn not_json(name: &str, error: serde_json::Error) -> MessageError {
+    MessageError::template(name, format!("did not render to JSON: {error}"))
+}
+
+impl MessageError {
+    fn template(name: &str, reason: String) -> MessageError {
         MessageError::Template {
             name: name.to_owned(),
             reason,
