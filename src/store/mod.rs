@@ -22,6 +22,7 @@
 //! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
 
+mod memtable;
 mod wal;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ use serde::Serialize;
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
+use memtable::Tree;
 use wal::{Wal, Write};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +52,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    tree: Arc<Tree>,
     wal: Arc<Wal>,
 }
 
@@ -215,9 +217,10 @@ impl Store {
             .open()?;
         let mut wal_dir = path.as_os_str().to_owned();
         wal_dir.push(".wal");
+        let tree = Arc::new(Tree::new(db));
         Ok(Store {
-            wal: Arc::new(Wal::open(&db, wal_dir.into(), checkpoint_every)?),
-            db,
+            wal: Arc::new(Wal::open(&tree, wal_dir.into(), checkpoint_every)?),
+            tree,
         })
     }
 
@@ -234,7 +237,7 @@ impl Store {
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
-        self.db
+        self.tree
             .get(key)?
             .map(|bytes| serde_json::from_slice(&bytes))
             .transpose()
@@ -265,17 +268,16 @@ impl Store {
         let mut out = Vec::new();
         let records: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> = if active_only {
             // The index is small: only runs that have not ended.
-            let ids = self.db.scan_prefix(b"active/").rev().map(|item| {
+            let ids = self.tree.scan_prefix(b"active/", true).map(|item| {
                 let (key, _) = item?;
                 let run = run_key_from_index(&key);
-                Ok(self.db.get(run)?.unwrap_or_default())
+                Ok(self.tree.get(&run)?.unwrap_or_default())
             });
             Box::new(ids)
         } else {
             Box::new(
-                self.db
-                    .scan_prefix(b"run/")
-                    .rev()
+                self.tree
+                    .scan_prefix(b"run/", true)
                     .map(|item| item.map(|(_, v)| v)),
             )
         };
@@ -300,13 +302,10 @@ impl Store {
         // A key names the last event it holds, so the first key at or past `after + 1` may
         // hold earlier events too.
         let start = event_key(run, after + 1);
-        let prefix = format!("ev/{run}/").into_bytes();
+        let end = memtable::prefix_end(format!("ev/{run}/").as_bytes());
         let mut out = Vec::new();
-        for item in self.db.range(start..) {
-            let (key, bytes) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
+        for item in self.tree.range(start, end, false) {
+            let (_, bytes) = item?;
             match bytes.first() {
                 Some(b'[') => out.extend(serde_json::from_slice::<Vec<RunEvent>>(&bytes)?),
                 _ => out.push(serde_json::from_slice(&bytes)?),
@@ -325,14 +324,14 @@ impl Store {
     /// it; `None` when it is not (everything was delivered).
     pub fn delivered(&self, consumer: &str, run: &RunId) -> StoreResult<Option<u64>> {
         let seq = |bytes: &[u8]| bytes.try_into().ok().map(u64::from_be_bytes);
-        let Some(due) = self.db.get(due_key(consumer, run))? else {
+        let Some(due) = self.tree.get(&due_key(consumer, run))? else {
             return Ok(None);
         };
         if let Some(from) = seq(&due) {
             return Ok(Some(from.saturating_sub(1)));
         }
         // A mark from a store written before due marks held a seq: its cursor is apart.
-        let cursor = self.db.get(format!("cur/{consumer}/{run}"))?;
+        let cursor = self.tree.get(format!("cur/{consumer}/{run}").as_bytes())?;
         Ok(Some(cursor.and_then(|c| seq(&c)).unwrap_or(0)))
     }
 
@@ -346,15 +345,15 @@ impl Store {
 
     pub fn invocation_attempts(&self, run: &RunId) -> StoreResult<u32> {
         Ok(self
-            .db
-            .get(format!("inv/{run}"))?
+            .tree
+            .get(format!("inv/{run}").as_bytes())?
             .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
             .unwrap_or(0))
     }
 
     pub fn entities(&self) -> StoreResult<Vec<Entity>> {
-        self.db
-            .scan_prefix(b"ent/")
+        self.tree
+            .scan_prefix(b"ent/", false)
             .map(|item| Ok(serde_json::from_slice(&item?.1)?))
             .collect()
     }
@@ -366,8 +365,8 @@ impl Store {
         id: &EntityId,
     ) -> StoreResult<Option<u64>> {
         Ok(self
-            .db
-            .get(format!("src/{blueprint}/{id}"))?
+            .tree
+            .get(format!("src/{blueprint}/{id}").as_bytes())?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
@@ -376,12 +375,12 @@ impl Store {
     /// find out.
     pub fn active_runs_of(&self, wanted: impl Fn(&str) -> bool) -> StoreResult<Vec<Run>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(b"active/") {
+        for item in self.tree.scan_prefix(b"active/", false) {
             let (key, action) = item?;
             if !action.is_empty() && !wanted(&String::from_utf8_lossy(&action)) {
                 continue;
             }
-            let Some(bytes) = self.db.get(run_key_from_index(&key))? else {
+            let Some(bytes) = self.tree.get(&run_key_from_index(&key))? else {
                 continue;
             };
             let run: Run = serde_json::from_slice(&bytes)?;
@@ -394,7 +393,7 @@ impl Store {
 
     fn ids_under(&self, prefix: &[u8]) -> StoreResult<Vec<RunId>> {
         let mut out = Vec::new();
-        for item in self.db.scan_prefix(prefix) {
+        for item in self.tree.scan_prefix(prefix, false) {
             let (key, _) = item?;
             let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
             if let Ok(id) = RunId::try_from(id) {
@@ -506,7 +505,7 @@ mod tests {
             0,
             "no run records"
         );
-        let index: Vec<_> = store.db.scan_prefix(b"active/").collect();
+        let index: Vec<_> = store.tree.scan_prefix(b"active/", false).collect();
         assert_eq!(index.len(), 2, "both creations are indexed");
     }
 }

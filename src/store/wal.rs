@@ -1,24 +1,25 @@
-//! The write-ahead log that makes store changes durable, and the single writer of sled.
+//! The write-ahead log that makes store changes durable, and the single writer of the store.
 //!
 //! sled syncs its own log on every `apply_batch`, and its `flush` writes many small pages, which
 //! capped portbot at under 2,000 durable runs/s. So one writer thread does this instead:
 //!
 //! 1. It takes every change waiting at that moment (group commit), writes them to the log as
 //!    one record and calls `fdatasync` once.
-//! 2. Only then are they applied to sled, key by key (sled's own syncs are not needed), by the
-//!    applier thread, in log order, while the writer already logs the next group; then the
-//!    writers are told: their change is durable and visible.
-//! 3. Every checkpoint interval, between groups, it starts a new log segment and hands the older
-//!    ones to the checkpoint thread, which flushes sled (which holds everything in them) and
-//!    deletes them. Writing goes on meanwhile.
+//! 2. Only then are they applied, by the applier thread, in log order, to the in-memory layer in
+//!    front of sled (`memtable`), while the writer already logs the next group; then the
+//!    writers are told: their change is durable and visible. The drain thread writes frozen
+//!    layers to sled (sled's own syncs are not needed).
+//! 3. Every checkpoint interval, between groups, it starts a new log segment and tells the
+//!    applier, which freezes everything applied so far; once the drain thread has written that
+//!    to sled, it flushes sled and deletes the older segments. Writing goes on meanwhile.
 //! 4. At start, [`Wal::open`] replays the segments a crash left, in order, into sled. A record
 //!    whose write was torn was never confirmed to anyone and is ignored.
 //!
-//! The log is written before sled is touched, so whatever part of a change sled may have
-//! persisted on its own (at a checkpoint's flush or when its buffers fill) is in a segment that
-//! is kept until a later flush, and the replay completes it. One writer, switching segments only
-//! between groups, means every group in a segment handed to the checkpoint thread is wholly in
-//! sled before that flush starts.
+//! The log is written before sled is touched, so whatever sled may have persisted on its own
+//! (at a checkpoint's flush or when its buffers fill) is in a segment that is kept until a later
+//! flush, and the replay completes it: for each key, sled holds the result of some first part
+//! of that key's writes. One writer, switching segments only between groups, means every group
+//! in a segment below a checkpoint is wholly in sled before that checkpoint's flush starts.
 //!
 //! A record is `[len: u32][crc32: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
 //! an insert, `[2][klen: u32][key][vlen: u32][value]` for an insert that keeps a value already
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::memtable::{Drain, Tree, FREEZE_AFTER};
 use super::{StoreError, StoreResult};
 
 /// One write to sled.
@@ -149,24 +151,6 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
     records
 }
 
-fn apply(db: &sled::Db, ops: &[Op]) -> sled::Result<()> {
-    for (key, write) in ops {
-        match write {
-            Write::Insert(value) => {
-                db.insert(key.as_slice(), value.as_slice())?;
-            }
-            Write::InsertIfAbsent(value) => {
-                // Err(_) inside: the key has a value, which stays.
-                let _ = db.compare_and_swap(key, None::<&[u8]>, Some(value.as_slice()))?;
-            }
-            Write::Remove => {
-                db.remove(key.as_slice())?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Flush(e.to_string())
 }
@@ -195,7 +179,7 @@ struct Writer {
 impl Wal {
     /// Replays what a crash left into `db`, then starts a fresh segment and the writer thread;
     /// a checkpoint runs every `checkpoint_every`.
-    pub fn open(db: &sled::Db, dir: PathBuf, checkpoint_every: Duration) -> StoreResult<Wal> {
+    pub fn open(tree: &Arc<Tree>, dir: PathBuf, checkpoint_every: Duration) -> StoreResult<Wal> {
         std::fs::create_dir_all(&dir).map_err(io_error)?;
         let left = segments(&dir).map_err(io_error)?;
         let mut replayed = 0usize;
@@ -205,38 +189,41 @@ impl Wal {
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_error)?;
             for ops in decode(&bytes) {
-                apply(db, &ops)?;
+                tree.apply(ops)?;
+                if let Some(drain) = tree.freeze_if_due(&mut None) {
+                    tree.drain(&drain)?;
+                }
                 replayed += 1;
             }
         }
         if replayed > 0 {
             tracing::info!(records = replayed, "replayed the write-ahead log");
         }
-        db.flush()?;
+        if let Some(drain) = tree.freeze_if_due(&mut Some(0)) {
+            tree.drain(&drain)?;
+        }
+        tree.db().flush()?;
         for segment in &left {
             std::fs::remove_file(segment_path(&dir, *segment)).map_err(io_error)?;
         }
         let segment = left.last().map_or(0, |s| s + 1);
         let checkpointing = Arc::new(AtomicBool::new(false));
-        let (checkpoints, due) = mpsc::channel::<u64>();
-        let (flush_db, flush_dir, flag) = (db.clone(), dir.clone(), checkpointing.clone());
+        let (drains, frozen) = mpsc::channel::<Drain>();
+        let (drain_tree, drain_dir, flag) = (tree.clone(), dir.clone(), checkpointing.clone());
         std::thread::Builder::new()
-            .name("portbot-store-checkpoint".into())
+            .name("portbot-store-drain".into())
             .spawn(move || {
-                // Ends when the writer thread does.
-                for below in due {
-                    if let Err(error) = checkpoint(&flush_db, &flush_dir, below) {
-                        tracing::error!(%error, "checkpoint failed; the log is kept until one succeeds");
-                    }
-                    flag.store(false, Ordering::Release);
+                // Ends when the applier thread does.
+                for drain in frozen {
+                    drain_loop(&drain_tree, &drain_dir, &drain, &flag);
                 }
             })
             .map_err(io_error)?;
         let (applier, logged) = mpsc::channel::<Logged>();
-        let applier_db = db.clone();
+        let applier_tree = tree.clone();
         std::thread::Builder::new()
             .name("portbot-store-applier".into())
-            .spawn(move || apply_loop(&applier_db, &logged, &checkpoints))
+            .spawn(move || apply_loop(&applier_tree, &logged, &drains))
             .map_err(io_error)?;
         let mut writer = Writer {
             file: open_segment(&dir, segment).map_err(io_error)?,
@@ -356,24 +343,43 @@ fn answer(replies: Vec<Reply>, result: &Result<(), String>) {
     }
 }
 
-/// Applies logged groups to sled in log order, and passes checkpoints on once everything
-/// before them is applied.
-fn apply_loop(db: &sled::Db, logged: &mpsc::Receiver<Logged>, checkpoints: &mpsc::Sender<u64>) {
-    for item in logged {
-        match item {
-            Logged::Group(ops, replies) => {
-                answer(replies, &apply(db, &ops).map_err(|e| e.to_string()));
+/// Applies logged groups to the store's memory layer in log order, and hands frozen layers to
+/// the drain thread: when due, and for a checkpoint once everything before it is applied.
+fn apply_loop(tree: &Tree, logged: &mpsc::Receiver<Logged>, drains: &mpsc::Sender<Drain>) {
+    let mut checkpoint_below = None;
+    loop {
+        match logged.recv_timeout(FREEZE_AFTER) {
+            Ok(Logged::Group(ops, replies)) => {
+                answer(replies, &tree.apply(ops).map_err(|e| e.to_string()));
             }
-            Logged::Checkpoint(below) => {
-                // The checkpoint thread only stops after this one.
-                let _ = checkpoints.send(below);
-            }
+            Ok(Logged::Checkpoint(below)) => checkpoint_below = Some(below),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        if let Some(drain) = tree.freeze_if_due(&mut checkpoint_below) {
+            // The drain thread only stops after this one.
+            let _ = drains.send(drain);
         }
     }
 }
 
-/// Makes sled durable, then deletes the segments below `below`: every group in them was applied
-/// to sled before the writer switched to segment `below`.
+/// Writes a frozen layer to sled (retrying until sled takes it: the layer's writes are only in
+/// memory and the log until then), then makes the checkpoint it carries.
+fn drain_loop(tree: &Tree, dir: &Path, drain: &Drain, checkpointing: &AtomicBool) {
+    while let Err(error) = tree.drain(drain) {
+        tracing::error!(%error, "cannot write to the database; retrying in a second");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if let Some(below) = drain.checkpoint_below {
+        if let Err(error) = checkpoint(tree.db(), dir, below) {
+            tracing::error!(%error, "checkpoint failed; the log is kept until one succeeds");
+        }
+        checkpointing.store(false, Ordering::Release);
+    }
+}
+
+/// Makes sled durable, then deletes the segments below `below`: every group in them was in sled
+/// before this flush started.
 fn checkpoint(db: &sled::Db, dir: &Path, below: u64) -> StoreResult<()> {
     db.flush()?;
     for segment in segments(dir).map_err(io_error)? {
@@ -421,19 +427,20 @@ mod tests {
         // What sled may hold on its own after a crash: any prefix of the log applied.
         for applied in 0..=ops.len() {
             let dir = tempfile::tempdir().unwrap();
-            let db = sled::Config::new()
-                .path(dir.path().join("db"))
-                .open()
-                .unwrap();
-            apply(&db, &ops[..applied]).unwrap();
+            let tree = Arc::new(Tree::new(sled::open(dir.path().join("db")).unwrap()));
+            for op in &ops[..applied] {
+                tree.apply(vec![op.clone()]).unwrap();
+                tree.drain(&tree.freeze_if_due(&mut Some(0)).unwrap())
+                    .unwrap();
+            }
             let log = dir.path().join("wal");
             std::fs::create_dir_all(&log).unwrap();
             let mut bytes = Vec::new();
             encode(&ops, &mut bytes);
             std::fs::write(segment_path(&log, 0), bytes).unwrap();
-            let _wal = Wal::open(&db, log, Duration::from_secs(60)).unwrap();
+            let _wal = Wal::open(&tree, log, Duration::from_secs(60)).unwrap();
             assert_eq!(
-                db.get(b"k").unwrap().as_deref(),
+                tree.db().get(b"k").unwrap().as_deref(),
                 Some(&b"9"[..]),
                 "after {applied} ops"
             );
