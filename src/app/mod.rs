@@ -191,8 +191,8 @@ impl App {
 
     /// A run's events after `after`, in order.
     pub fn events(&self, id: &RunId, after: u64) -> Result<Vec<RunEvent>, AppError> {
-        self.run(id)?;
-        Ok(self.inner.store.events(id, after)?)
+        let run = self.run(id)?;
+        Ok(self.inner.store.events(id, after, run.last_seq)?)
     }
 
     /// Checks a request and, when it passes, creates the run.

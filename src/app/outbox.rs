@@ -79,7 +79,7 @@ impl App {
             Some(after) => self
                 .inner
                 .store
-                .events(run, after)?
+                .events(run, after, current.last_seq)?
                 .into_iter()
                 .filter(|e| wants(&current, &e.kind))
                 .collect(),
@@ -105,6 +105,7 @@ impl App {
         let guard = self.lock_run(run).await;
         let mut change = Change::default();
         let mut current = self.run(run)?;
+        let stored_last = current.last_seq;
         let mut staged = Vec::new();
         if let Some(note) = delivery.note {
             // A run that ended meanwhile takes no more log lines; the delivery still counts.
@@ -118,7 +119,7 @@ impl App {
         let more = self
             .inner
             .store
-            .events(run, delivery.seq)?
+            .events(run, delivery.seq, stored_last)?
             .iter()
             .chain(&staged)
             .any(|e| wants(&current, &e.kind));

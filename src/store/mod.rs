@@ -87,6 +87,14 @@ fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
     format!("ent/{blueprint}/{id}").into_bytes()
 }
 
+/// The events under one `ev/` key: one event, or an array of them.
+fn decode_events(bytes: &[u8]) -> serde_json::Result<Vec<RunEvent>> {
+    match bytes.first() {
+        Some(b'[') => serde_json::from_slice(bytes),
+        _ => Ok(vec![serde_json::from_slice(bytes)?]),
+    }
+}
+
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("portbot's records always serialise")
 }
@@ -297,21 +305,30 @@ impl Store {
         Ok(out)
     }
 
-    /// A run's events with a sequence number above `after`, in order.
-    pub fn events(&self, run: &RunId, after: u64) -> StoreResult<Vec<RunEvent>> {
+    /// A run's events with a sequence number above `after`, up to `newest` (the run's
+    /// `last_seq` as read), in order.
+    pub fn events(&self, run: &RunId, after: u64, newest: u64) -> StoreResult<Vec<RunEvent>> {
+        if after >= newest {
+            return Ok(Vec::new());
+        }
+        // A reader usually wants no more than the newest change: its key is known, and one
+        // lookup is far cheaper than a sled scan.
+        if let Some(bytes) = self.tree.get(&event_key(run, newest))? {
+            let mut events = decode_events(&bytes)?;
+            if events.first().is_some_and(|e| e.seq <= after + 1) {
+                events.retain(|e| e.seq > after);
+                return Ok(events);
+            }
+        }
         // A key names the last event it holds, so the first key at or past `after + 1` may
         // hold earlier events too.
         let start = event_key(run, after + 1);
         let end = memtable::prefix_end(format!("ev/{run}/").as_bytes());
         let mut out = Vec::new();
         for item in self.tree.range(start, end, false) {
-            let (_, bytes) = item?;
-            match bytes.first() {
-                Some(b'[') => out.extend(serde_json::from_slice::<Vec<RunEvent>>(&bytes)?),
-                _ => out.push(serde_json::from_slice(&bytes)?),
-            }
+            out.extend(decode_events(&item?.1)?);
         }
-        out.retain(|e| e.seq > after);
+        out.retain(|e| e.seq > after && e.seq <= newest);
         Ok(out)
     }
 
@@ -492,14 +509,15 @@ mod tests {
         change.put_events(&[event(&other, 1, EventKind::Created)], "a");
         store.commit(change).await.unwrap();
         let seqs = |after| -> Vec<u64> {
-            let events = store.events(&run, after).unwrap();
+            let events = store.events(&run, after, 6).unwrap();
             events.iter().map(|e| e.seq).collect()
         };
         assert_eq!(seqs(0), [1, 2, 3, 4, 5, 6]);
         assert_eq!(seqs(1), [2, 3, 4, 5, 6], "a group is cut at `after`");
         assert_eq!(seqs(4), [5, 6]);
         assert_eq!(seqs(6), Vec::<u64>::new());
-        assert_eq!(store.events(&other, 0).unwrap().len(), 1);
+        assert_eq!(store.events(&run, 1, 5).unwrap().len(), 4, "up to `newest`");
+        assert_eq!(store.events(&other, 0, 1).unwrap().len(), 1);
         assert_eq!(
             store.active_runs_of(|_| true).unwrap().len(),
             0,
