@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use sled::IVec;
 
+use super::chunks::{self, Chunking};
 use super::wal::{Op, Write};
 
 /// How long writes gather in the active layer before they go to sled.
@@ -55,6 +56,7 @@ impl Layers {
 pub struct Tree {
     db: sled::Db,
     layers: RwLock<Layers>,
+    chunking: Chunking,
 }
 
 /// A frozen layer for the drain thread, and the checkpoint to make once it is in sled.
@@ -67,11 +69,39 @@ pub struct Drain {
 pub type Entries<'a> = Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>> + 'a>;
 
 impl Tree {
-    pub fn new(db: sled::Db) -> Tree {
-        Tree {
+    /// The store's tree over `db`, whose index entries `chunking` names (see `chunks`). Entries
+    /// a store from before chunks kept as keys of their own are moved into chunks first.
+    pub fn open(db: sled::Db, chunking: Chunking) -> sled::Result<Tree> {
+        let tree = Tree {
             db,
             layers: RwLock::default(),
+            chunking,
+        };
+        tree.chunk_loose_entries()?;
+        Ok(tree)
+    }
+
+    /// Moves index entries kept as keys of their own into chunks: the chunks are written and
+    /// flushed before the loose keys go, so a crash in between only repeats this.
+    fn chunk_loose_entries(&self) -> sled::Result<()> {
+        let mut loose = Layer::new();
+        for prefix in self.chunking.prefixes {
+            for item in self.db.scan_prefix(prefix) {
+                let (key, value) = item?;
+                loose.insert(key.to_vec(), Some(value));
+            }
         }
+        if loose.is_empty() {
+            return Ok(());
+        }
+        self.write_to_sled(&loose)?;
+        self.db.flush()?;
+        for key in loose.keys() {
+            self.db.remove(key)?;
+        }
+        self.db.flush()?;
+        tracing::info!(entries = loose.len(), "moved index entries into chunks");
+        Ok(())
     }
 
     /// sled itself: for replaying the log at start and for flushing.
@@ -92,16 +122,75 @@ impl Tree {
             return Ok(latest.clone());
         }
         // Not in memory: sled has it, since a frozen layer goes only after it reached sled.
-        self.db.get(key)
+        self.stored(key)
     }
 
-    /// Keys starting with `prefix`, in order, or in reverse order with `rev`.
+    /// What sled holds for `key`, in its chunk for an index entry.
+    fn stored(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        match self.chunking.locate(key) {
+            Some((chunk, entry)) => match self.db.get(chunk)? {
+                Some(chunk) => chunks::find(&chunk, &key[entry..]),
+                None => Ok(None),
+            },
+            None => self.db.get(key),
+        }
+    }
+
+    /// Keys starting with `prefix`, in order, or in reverse order with `rev`. For index entries,
+    /// `prefix` is a whole family's (`active/`).
     pub fn scan_prefix(&self, prefix: &[u8], rev: bool) -> Entries<'_> {
-        self.range(prefix.to_vec(), prefix_end(prefix), rev)
+        let Some(family_chunks) = self.chunking.family_chunks(prefix) else {
+            return self.range(prefix.to_vec(), prefix_end(prefix), rev);
+        };
+        let family = prefix.to_vec();
+        let expand = move |item: sled::Result<(IVec, IVec)>| -> Vec<sled::Result<(IVec, IVec)>> {
+            let entries = item.and_then(|(_, chunk)| {
+                let entries = chunks::decode(&chunk)?;
+                let key = |entry: &[u8]| IVec::from([family.as_slice(), entry].concat());
+                Ok(entries
+                    .into_iter()
+                    .map(|(entry, value)| Ok((key(entry), IVec::from(value))))
+                    .collect::<Vec<_>>())
+            });
+            match entries {
+                Ok(entries) if rev => entries.into_iter().rev().collect(),
+                Ok(entries) => entries,
+                Err(error) => vec![Err(error)],
+            }
+        };
+        self.merged(prefix.to_vec(), prefix_end(prefix), rev, |_| {
+            let chunks = self.db.scan_prefix(family_chunks);
+            match rev {
+                false => Box::new(chunks.flat_map(expand)),
+                true => Box::new(chunks.rev().flat_map(expand)),
+            }
+        })
     }
 
-    /// Keys from `start` on, below `end` when there is one.
+    /// Keys from `start` on, below `end` when there is one; not for index entries.
     pub fn range(&self, start: Vec<u8>, end: Option<Vec<u8>>, rev: bool) -> Entries<'_> {
+        debug_assert!(
+            self.chunking.locate(&start).is_none(),
+            "a range of index entries"
+        );
+        self.merged(start, end, rev, |bounds| {
+            let stored = self.db.range::<Vec<u8>, _>(bounds);
+            match rev {
+                false => Box::new(stored),
+                true => Box::new(stored.rev()),
+            }
+        })
+    }
+
+    /// What memory holds from `start` (below `end`) merged over what `stored` reads from sled
+    /// for the same keys in the same order.
+    fn merged<'a>(
+        &'a self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        rev: bool,
+        stored: impl FnOnce((Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Entries<'a>,
+    ) -> Entries<'a> {
         let bounds = (
             Bound::Included(start),
             end.map_or(Bound::Unbounded, Bound::Excluded),
@@ -125,12 +214,12 @@ impl Tree {
             );
             held.into_iter().collect()
         };
-        let stored = self.db.range::<Vec<u8>, _>(bounds);
+        let stored = stored(bounds);
         match rev {
             false => Box::new(Merge::new(held.into_iter(), stored, Ordering::Less)),
             true => Box::new(Merge::new(
                 held.into_iter().rev(),
-                stored.rev(),
+                stored,
                 Ordering::Greater,
             )),
         }
@@ -147,7 +236,7 @@ impl Tree {
                 Write::InsertIfAbsent(value) => {
                     let present = match layers.latest(&key) {
                         Some(latest) => latest.is_some(),
-                        None => self.db.contains_key(&key)?,
+                        None => self.stored(&key)?.is_some(),
                     };
                     if present {
                         continue;
@@ -190,15 +279,38 @@ impl Tree {
         }
     }
 
-    /// Writes a frozen layer to sled, in key order, then lets it go.
+    /// Writes a frozen layer to sled, then lets it go.
     pub fn drain(&self, drain: &Drain) -> sled::Result<()> {
-        for (key, value) in drain.layer.iter() {
+        self.write_to_sled(&drain.layer)?;
+        self.write().frozen = None;
+        Ok(())
+    }
+
+    /// Writes a layer to sled in key order, each changed chunk once. Only one thread at a time
+    /// writes sled (the drain thread, or the opening one before it starts), so a chunk does not
+    /// change between its read and its write.
+    fn write_to_sled(&self, layer: &Layer) -> sled::Result<()> {
+        let mut changed_chunks = BTreeMap::<Vec<u8>, Vec<(&[u8], &Option<IVec>)>>::new();
+        for (key, value) in layer {
+            if let Some((chunk, entry)) = self.chunking.locate(key) {
+                changed_chunks
+                    .entry(chunk)
+                    .or_default()
+                    .push((&key[entry..], value));
+                continue;
+            }
             match value {
                 Some(value) => self.db.insert(key.as_slice(), value.clone())?,
                 None => self.db.remove(key.as_slice())?,
             };
         }
-        self.write().frozen = None;
+        for (key, writes) in changed_chunks {
+            let chunk = self.db.get(&key)?;
+            match chunks::update(chunk.as_deref(), writes)? {
+                Some(chunk) => self.db.insert(key, chunk)?,
+                None => self.db.remove(key)?,
+            };
+        }
         Ok(())
     }
 }
@@ -294,7 +406,7 @@ mod tests {
     #[test]
     fn reads_see_every_layer_and_the_latest_write_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree::new(sled::open(dir.path()).unwrap());
+        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS).unwrap();
         tree.db.insert("a/1", "sled").unwrap();
         tree.db.insert("a/2", "sled").unwrap();
         tree.db.insert("a/4", "sled").unwrap();
@@ -335,7 +447,7 @@ mod tests {
     #[test]
     fn insert_if_absent_sees_every_layer() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree::new(sled::open(dir.path()).unwrap());
+        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS).unwrap();
         tree.db.insert("s", "sled").unwrap();
         let keep = |k: &str| {
             (
@@ -355,6 +467,45 @@ mod tests {
         tree.db.insert("only-sled", "sled").unwrap();
         tree.apply(vec![keep("only-sled")]).unwrap();
         assert_eq!(value("only-sled"), b"sled");
+    }
+
+    /// Keys under `k/` are index entries, chunked by their first digit.
+    const CHUNKED: Chunking = Chunking {
+        prefixes: &[b"k/"],
+        family: |key| key.starts_with(b"k/").then_some(2),
+        bucket: 1,
+    };
+
+    #[test]
+    fn index_entries_kept_as_keys_move_into_chunks_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        for key in ["k/11", "k/12", "k/21"] {
+            db.insert(key, key).unwrap();
+        }
+        db.insert("other", "x").unwrap();
+        let tree = Tree::open(db, CHUNKED).unwrap();
+        let keys: Vec<_> = tree.db.iter().keys().map(|k| k.unwrap().to_vec()).collect();
+        assert_eq!(keys, [&b"ix/k/1"[..], b"ix/k/2", b"other"]);
+        let all = |tree: &Tree| scan(tree, "k/", false);
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            all(&tree),
+            [
+                pair("k/11", "k/11"),
+                pair("k/12", "k/12"),
+                pair("k/21", "k/21")
+            ]
+        );
+        assert_eq!(tree.get(b"k/12").unwrap().as_deref(), Some(&b"k/12"[..]));
+
+        tree.apply(vec![remove("k/12"), insert("k/13", "new"), remove("k/21")])
+            .unwrap();
+        tree.drain(&freeze_now(&tree)).unwrap();
+        assert_eq!(all(&tree), [pair("k/11", "k/11"), pair("k/13", "new")]);
+        assert_eq!(tree.db.get("ix/k/2").unwrap(), None, "an empty chunk goes");
+        let reversed: Vec<_> = scan(&tree, "k/", true);
+        assert_eq!(reversed, [pair("k/13", "new"), pair("k/11", "k/11")]);
     }
 
     /// A step of the property test: a write, or moving layers on.
@@ -382,9 +533,17 @@ mod tests {
 
         /// Whatever is in memory, frozen or in sled, reads give what a plain map would.
         #[test]
-        fn reads_match_a_plain_map_at_every_step(steps in proptest::collection::vec(step(), 1..60)) {
+        fn reads_match_a_plain_map_at_every_step(
+            steps in proptest::collection::vec(step(), 1..60),
+            chunked in any::<bool>(),
+        ) {
             let dir = tempfile::tempdir().unwrap();
-            let tree = Tree::new(sled::Config::new().temporary(true).path(dir.path()).open().unwrap());
+            let db = sled::Config::new().temporary(true).path(dir.path()).open().unwrap();
+            let chunking = match chunked {
+                true => CHUNKED,
+                false => chunks::NO_CHUNKS,
+            };
+            let tree = Tree::open(db, chunking).unwrap();
             let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
             let mut frozen = None;
             let key = |k: u8| format!("k/{k:02}").into_bytes();
@@ -421,6 +580,9 @@ mod tests {
                 for k in 0..12 {
                     let got = tree.get(&key(k)).unwrap().map(|v| v.to_vec());
                     prop_assert_eq!(got.as_ref(), model.get(&key(k)));
+                }
+                if chunked {
+                    continue;
                 }
                 let from = key(5);
                 let middle: Vec<_> = tree

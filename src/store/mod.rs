@@ -21,7 +21,11 @@
 //! | `form/<key>`              | a chat form (modal) in progress          |
 //! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
+//!
+//! These are the keys the store reads and writes. In sled, `active/` and `due/` entries live
+//! in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is per key.
 
+mod chunks;
 mod memtable;
 mod wal;
 
@@ -35,6 +39,7 @@ use serde::Serialize;
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
+use chunks::Chunking;
 use memtable::Tree;
 use wal::{Wal, Write};
 
@@ -60,6 +65,24 @@ pub struct Store {
 #[derive(Default)]
 pub struct Change {
     ops: Vec<wal::Op>,
+}
+
+/// The per-run index entries, which sled keeps in chunks (see `chunks`): `active/<run>` and
+/// `due/<consumer>/<run>`; a chunk holds the runs made within the same 16 ms (a run id's first
+/// 13 characters: `r_` and the creation time in milliseconds but its last hex digit).
+const INDEX_CHUNKS: Chunking = Chunking {
+    prefixes: &[b"active/", b"due/"],
+    family: index_family,
+    bucket: 13,
+};
+
+fn index_family(key: &[u8]) -> Option<usize> {
+    if key.starts_with(b"active/") {
+        return Some(b"active/".len());
+    }
+    let consumer_and_run = key.strip_prefix(b"due/")?;
+    let consumer = consumer_and_run.iter().position(|&b| b == b'/')?;
+    Some(b"due/".len() + consumer + 1)
 }
 
 fn run_key(id: &RunId) -> Vec<u8> {
@@ -225,7 +248,7 @@ impl Store {
             .open()?;
         let mut wal_dir = path.as_os_str().to_owned();
         wal_dir.push(".wal");
-        let tree = Arc::new(Tree::new(db));
+        let tree = Arc::new(Tree::open(db, INDEX_CHUNKS)?);
         Ok(Store {
             wal: Arc::new(Wal::open(&tree, wal_dir.into(), checkpoint_every)?),
             tree,

@@ -445,7 +445,8 @@ mod tests {
         // What sled may hold on its own after a crash: any prefix of the log applied.
         for applied in 0..=ops.len() {
             let dir = tempfile::tempdir().unwrap();
-            let tree = Arc::new(Tree::new(sled::open(dir.path().join("db")).unwrap()));
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let tree = Arc::new(Tree::open(db, super::super::chunks::NO_CHUNKS).unwrap());
             for op in &ops[..applied] {
                 tree.apply(vec![op.clone()]).unwrap();
                 tree.drain(&tree.freeze_if_due(&mut Some(0)).unwrap())
