@@ -93,6 +93,36 @@ impl Messages {
     }
 }
 
+/// `text` for the inside of a JSON string, each character first escaped for the platform's
+/// markup by `markup` (its replacement, or `None` to keep it), in one pass. The JSON escapes
+/// are serde_json's, so the result is what serialising the marked-up text would give.
+pub fn json_escape_with(text: &str, markup: impl Fn(char) -> Option<&'static str>) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        match markup(c) {
+            Some(replacement) => replacement
+                .chars()
+                .for_each(|r| push_json_char(&mut out, r)),
+            None => push_json_char(&mut out, c),
+        }
+    }
+    out
+}
+
+fn push_json_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\u{8}' => out.push_str("\\b"),
+        '\u{c}' => out.push_str("\\f"),
+        c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+        c => out.push(c),
+    }
+}
+
 fn not_json(name: &str, error: serde_json::Error) -> MessageError {
     MessageError::template(name, format!("did not render to JSON: {error}"))
 }
@@ -102,6 +132,38 @@ impl MessageError {
         MessageError::Template {
             name: name.to_owned(),
             reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What escaping meant before it was one pass: mark up, then let serde_json quote it.
+    fn reference(text: &str, markup: impl Fn(char) -> Option<&'static str>) -> String {
+        let marked: String = text
+            .chars()
+            .map(|c| markup(c).map_or_else(|| c.to_string(), str::to_owned))
+            .collect();
+        let quoted = serde_json::to_string(&marked).unwrap();
+        quoted[1..quoted.len() - 1].to_owned()
+    }
+
+    fn markup(c: char) -> Option<&'static str> {
+        match c {
+            '<' => Some("&lt;"),
+            '*' => Some("\\*"),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_escaping_gives_what_serde_json_gives(text in "(?s).{0,40}|[\\x00-\\x1f\"\\\\<*a]{0,20}") {
+            prop_assert_eq!(json_escape_with(&text, markup), reference(&text, markup));
+            prop_assert_eq!(json_escape_with(&text, |_| None), reference(&text, |_| None));
         }
     }
 }

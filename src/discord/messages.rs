@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::chat::messages::{MessageError, Messages};
+use crate::chat::messages::{json_escape_with, MessageError, Messages};
 
 /// Characters of `content` in one message.
 pub const CONTENT: usize = 2_000;
@@ -30,28 +30,28 @@ pub fn load(templates: &Path) -> Result<Messages, MessageError> {
 /// JSON string. `_` is left alone: identifiers (run ids, input names) carry it, also in
 /// `custom_id`s, and at worst it italicises.
 pub(crate) fn discord_json_escape(text: &str) -> String {
-    let mut markdown = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(
-            c,
-            '\\' | '*' | '~' | '`' | '|' | '>' | '<' | '#' | '[' | ']' | '@'
-        ) {
-            markdown.push('\\');
-        }
-        markdown.push(c);
-    }
-    json_inner(&markdown)
+    json_escape_with(text, |c| {
+        Some(match c {
+            '\\' => "\\\\",
+            '*' => "\\*",
+            '~' => "\\~",
+            '`' => "\\`",
+            '|' => "\\|",
+            '>' => "\\>",
+            '<' => "\\<",
+            '#' => "\\#",
+            '[' => "\\[",
+            ']' => "\\]",
+            '@' => "\\@",
+            _ => return None,
+        })
+    })
 }
 
 /// Text inside a code block: nothing is markdown there but a closing fence, which is broken
 /// up; then escaped for the inside of a JSON string (templates insert it with `{{{ }}}`).
 pub(crate) fn code_block_json(text: &str) -> String {
-    json_inner(&text.replace("```", "`\u{200b}``"))
-}
-
-fn json_inner(text: &str) -> String {
-    let quoted = serde_json::to_string(text).expect("strings serialise");
-    quoted[1..quoted.len() - 1].to_owned()
+    json_escape_with(&text.replace("```", "`\u{200b}``"), |_| None)
 }
 
 /// Fits a rendered message to Discord's limits, cutting text with a visible note, and makes

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::chat::messages::{MessageError, Messages};
+use crate::chat::messages::{json_escape_with, MessageError, Messages};
 
 /// Loads the Slack templates.
 pub fn load(templates: &Path) -> Result<Messages, MessageError> {
@@ -14,12 +14,12 @@ pub fn load(templates: &Path) -> Result<Messages, MessageError> {
 
 /// Escapes text for mrkdwn, then for the inside of a JSON string.
 pub(crate) fn slack_json_escape(text: &str) -> String {
-    let mrkdwn = text
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    let quoted = serde_json::to_string(&mrkdwn).expect("strings serialise");
-    quoted[1..quoted.len() - 1].to_owned()
+    json_escape_with(text, |c| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
