@@ -206,23 +206,27 @@ impl App {
         channel: Option<&str>,
     ) -> Result<Run, AppError> {
         let action = self.action(action)?;
-        let checked =
-            action.check_request(who, entity, inputs, &self.catalog(), &self.inner.directory)?;
         let now = Utc::now();
-        let sequence = self.inner.run_sequence.fetch_add(1, Ordering::Relaxed);
-        let id = RunId::new(now.timestamp_millis() as u64, sequence, rand::random());
-        let (mut run, kinds) = Run::create(
-            NewRun {
-                id,
-                action,
-                entity: checked.entity.as_ref(),
-                properties: checked.inputs,
-                created_by: who.clone(),
-                origin: origin.to_owned(),
-                channel: channel.map(str::to_owned),
-            },
-            now,
-        );
+        let (mut run, kinds) = {
+            // The entity is read in place; the catalog's lock goes before anything awaits.
+            let catalog = self.catalog();
+            let checked =
+                action.check_request(who, entity, inputs, &catalog, &self.inner.directory)?;
+            let sequence = self.inner.run_sequence.fetch_add(1, Ordering::Relaxed);
+            let id = RunId::new(now.timestamp_millis() as u64, sequence, rand::random());
+            Run::create(
+                NewRun {
+                    id,
+                    action,
+                    entity: checked.entity,
+                    properties: checked.inputs,
+                    created_by: who.clone(),
+                    origin: origin.to_owned(),
+                    channel: channel.map(str::to_owned),
+                },
+                now,
+            )
+        };
         let _locks = match action.invocation {
             Invocation::Gitops(_) => Some(self.inner.file_locks.lock().await),
             _ => None,

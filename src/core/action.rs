@@ -396,14 +396,14 @@ impl Action {
 
     /// Checks who runs it, on what, with which inputs. Inputs given as text (chat, CLI) are
     /// typed by their schema; missing optional inputs take their `default`.
-    pub fn check_request(
+    pub fn check_request<'c>(
         &self,
         who: &Identity,
         entity: Option<&str>,
         inputs: RawInputs,
-        catalog: &Catalog,
+        catalog: &'c Catalog,
         directory: &Directory,
-    ) -> Result<CheckedRequest, RequestError> {
+    ) -> Result<CheckedRequest<'c>, RequestError> {
         if !self.permissions.may_execute(who, directory) {
             return Err(RequestError::NotPermitted {
                 action: self.identifier.clone(),
@@ -478,11 +478,11 @@ impl Action {
         })
     }
 
-    fn resolve_entity(
+    fn resolve_entity<'c>(
         &self,
         given: Option<&str>,
-        catalog: &Catalog,
-    ) -> Result<Option<Entity>, RequestError> {
+        catalog: &'c Catalog,
+    ) -> Result<Option<&'c Entity>, RequestError> {
         match (self.operation.needs_entity(), given) {
             (false, None) => Ok(None),
             (false, Some(_)) => Err(RequestError::EntityNotExpected {
@@ -504,7 +504,7 @@ impl Action {
                     .ok()
                     .and_then(|id| catalog.entity(&self.blueprint, &id));
                 match found {
-                    Some(entity) => Ok(Some(entity.clone())),
+                    Some(entity) => Ok(Some(entity)),
                     None => Err(RequestError::UnknownEntity {
                         blueprint: self.blueprint.clone(),
                         given: raw.to_owned(),
@@ -762,8 +762,9 @@ pub enum RawInputs {
 
 /// A request that passed every check.
 #[derive(Debug, Clone)]
-pub struct CheckedRequest {
-    pub entity: Option<Entity>,
+pub struct CheckedRequest<'c> {
+    /// In the catalog the request was checked against.
+    pub entity: Option<&'c Entity>,
     pub inputs: Map<String, Value>,
 }
 

@@ -6,6 +6,8 @@
 //! sent after the ack so a slow Slack never delays it); the request message itself is updated
 //! by the approvals consumer once the decision is stored.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -65,7 +67,7 @@ struct ButtonAction {
 }
 
 pub(super) async fn interactions(
-    State(state): State<SlackState>,
+    State(state): State<Arc<SlackState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

@@ -58,7 +58,8 @@ pub fn router(state: SlackState) -> Router {
         .route("/slack/commands", post(commands))
         .route("/slack/interactions", post(interactions::interactions))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        // Shared, so a request does not copy the state's strings and handles.
+        .with_state(Arc::new(state))
 }
 
 /// A slash command's form fields (HTTP) or payload (Socket Mode) (PROTOCOL-NOTES §1); the ones portbot does not use are left out.
@@ -92,7 +93,11 @@ fn verify(state: &SlackState, headers: &HeaderMap, body: &[u8]) -> Result<(), Si
         .inspect_err(|error| tracing::warn!(%error, "refused a Slack request"))
 }
 
-async fn commands(State(state): State<SlackState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn commands(
+    State(state): State<Arc<SlackState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(error) = verify(&state, &headers, &body) {
         return (StatusCode::UNAUTHORIZED, error.to_string()).into_response();
     }
