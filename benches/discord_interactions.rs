@@ -4,9 +4,10 @@
 //! Two phases in one process, on 127.0.0.1, with the same load: `BENCH_CLIENTS` concurrent
 //! keep-alive clients, each looping a signed `/port action:add-documentdb entity:mailer
 //! inputs:instances=2` interaction (signed with the RFC 8032 test-1 key, a unique interaction
-//! id, token and channel each, so nothing is a repeat: portbot answers a repeated id once), for
-//! `BENCH_WARMUP` s unmeasured then `BENCH_SECONDS` s measured. The interactions of a phase
-//! are signed before it starts (45,000 per second of the phase, on every core, with that
+//! id, token and channel each, so nothing is a repeat: portbot answers a repeated id once).
+//! Each phase measures `BENCH_SECONDS` s in `BENCH_ROUNDS` slices that alternate with the other
+//! phase's, each after `BENCH_WARMUP` s unmeasured. The interactions of a slice are signed
+//! before it starts (45,000 per second of the slice, on every core, with that
 //! moment's timestamp), so that the load generator's own Ed25519 signing does not take the
 //! servers' CPU; any beyond those are signed as they are sent, and the report says how many.
 //!
@@ -31,8 +32,8 @@
 //! acks with delivery running flat out beside them (portbot's settings read `PORTBOT__…`
 //! variables).
 //!
-//! Run with `cargo bench --bench discord_interactions` (about 25 s). Knobs (defaults in
-//! brackets): `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].
+//! Run with `cargo bench --bench discord_interactions` (about 45 s). Knobs (defaults in
+//! brackets): `BENCH_SECONDS` [8], `BENCH_WARMUP` [1], `BENCH_CLIENTS` [64], `BENCH_ROUNDS` [4].
 
 mod support;
 
@@ -140,7 +141,8 @@ fn sign(key: &SigningKey, timestamp: &str, body: &str) -> [u8; 64] {
 /// outran the pre-signed ones.
 fn signed_interaction(url: String) -> Arc<BuildRequest> {
     let knobs = support::load::Knobs::from_env();
-    let count = (knobs.warmup + knobs.seconds) * PRESIGNED_PER_SECOND;
+    let slice = knobs.warmup as f64 + knobs.slice_seconds();
+    let count = (slice * PRESIGNED_PER_SECOND as f64).ceil() as u64;
     let timestamp = chrono::Utc::now().timestamp().to_string();
     let started = std::time::Instant::now();
     let signatures = presign(&timestamp, count);

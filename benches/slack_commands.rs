@@ -3,7 +3,9 @@
 //! Two phases in one process, on 127.0.0.1, with the same load: `BENCH_CLIENTS` concurrent
 //! keep-alive clients, each looping a freshly signed `/port add-documentdb mailer instances=2`
 //! (unique `trigger_id` and channel per command, so no signature repeats: portbot refuses
-//! replays), for `BENCH_WARMUP` s unmeasured then `BENCH_SECONDS` s measured.
+//! replays). Each phase measures `BENCH_SECONDS` s in `BENCH_ROUNDS` slices that alternate with
+//! the other phase's (this machine's speed drifts within a minute; alternating slices see the
+//! same drift), each after `BENCH_WARMUP` s unmeasured.
 //!
 //! 1. bare: an axum route `POST /slack/commands` that checks the signature (HMAC-SHA256,
 //!    constant-time compare, 5-minute window) and answers a small ephemeral JSON. It is the
@@ -18,8 +20,8 @@
 //! `/proc/self/task/*/stat`: "server CPU" is the process's CPU minus the load runtime's threads.
 //! Both phases share the machine with the load generator alike.
 //!
-//! Run with `cargo bench --bench slack_commands` (about 25 s). Knobs (defaults in brackets):
-//! `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].
+//! Run with `cargo bench --bench slack_commands` (about 30 s). Knobs (defaults in brackets):
+//! `BENCH_SECONDS` [8], `BENCH_WARMUP` [1], `BENCH_CLIENTS` [64], `BENCH_ROUNDS` [4].
 
 mod support;
 

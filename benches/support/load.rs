@@ -1,7 +1,8 @@
 //! The load machinery of the in-process chat benches (`slack_commands`, `discord_interactions`):
 //! two tokio runtimes whose CPU can be told apart through `/proc`, `BENCH_CLIENTS` keep-alive
 //! clients looping one freshly built request each until a deadline, a warm-up then a measured
-//! window (a [`Phase`]), and the table and notes that report phases.
+//! slice, slices of the bare server and of portbot alternating, merged into a [`Phase`] each,
+//! and the table and notes that report phases.
 //!
 //! What is platform-specific stays with each bench: how one request is built and signed
 //! ([`BuildRequest`]), what a good answer contains, and what its fake platform counts.
@@ -24,19 +25,29 @@ pub const LOAD_THREADS: &str = "load-";
 
 /// How long and how hard each phase runs.
 pub struct Knobs {
+    /// Measured seconds per phase, over all its slices.
     pub seconds: u64,
+    /// Unmeasured seconds before each slice.
     pub warmup: u64,
     pub clients: usize,
+    /// How many slices each phase's window is cut into; the phases' slices alternate.
+    pub rounds: u64,
 }
 
 impl Knobs {
-    /// `BENCH_SECONDS` [8], `BENCH_WARMUP` [2], `BENCH_CLIENTS` [64].
+    /// `BENCH_SECONDS` [8], `BENCH_WARMUP` [1], `BENCH_CLIENTS` [64], `BENCH_ROUNDS` [4].
     pub fn from_env() -> Knobs {
         Knobs {
             seconds: env_u64("BENCH_SECONDS", 8).max(1),
-            warmup: env_u64("BENCH_WARMUP", 2),
+            warmup: env_u64("BENCH_WARMUP", 1),
             clients: env_u64("BENCH_CLIENTS", 64).max(1) as usize,
+            rounds: env_u64("BENCH_ROUNDS", 4).max(1),
         }
+    }
+
+    /// Measured seconds of one slice.
+    pub fn slice_seconds(&self) -> f64 {
+        self.seconds as f64 / self.rounds as f64
     }
 }
 
@@ -178,14 +189,26 @@ impl Bench {
         let api_url = format!("http://{fake}{}", platform.api_path);
 
         let bare = self.servers.block_on(serve(platform.bare));
-        let bare_phase = against("bare axum (signature only)", bare, platform.bare_answer);
-
         let configure = platform.configure;
         let portbot = self
             .servers
             .block_on(start_portbot(dir.path(), |s| configure(s, api_url)));
-        let portbot_phase = against("portbot (durable run)", portbot, platform.portbot_answer);
-        [bare_phase, portbot_phase]
+        // This machine's speed drifts by tens of percent within a minute: slices that alternate
+        // give both phases the same share of fast and slow moments, so their ratio holds.
+        let (mut bare_slices, mut portbot_slices) = (Vec::new(), Vec::new());
+        for _ in 0..self.knobs.rounds {
+            bare_slices.push(against(
+                "bare axum (signature only)",
+                bare,
+                platform.bare_answer,
+            ));
+            portbot_slices.push(against(
+                "portbot (durable run)",
+                portbot,
+                platform.portbot_answer,
+            ));
+        }
+        [Phase::merge(bare_slices), Phase::merge(portbot_slices)]
     }
 
     /// Drops both runtimes without waiting for the servers' tasks: they are not shut down
@@ -364,6 +387,8 @@ pub struct Phase<const N: usize> {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// Every good answer's latency, sorted once the slices are merged.
+    latency_us: Vec<u32>,
     /// Good answers to requests sent in each second of the window.
     pub per_second: Vec<u64>,
     /// CPU seconds in the window: the whole process, and the load runtime's share.
@@ -380,6 +405,35 @@ pub struct Phase<const N: usize> {
 }
 
 impl<const N: usize> Phase<N> {
+    /// One phase from its slices, in the order they ran.
+    fn merge(slices: Vec<Phase<N>>) -> Phase<N> {
+        let mut slices = slices.into_iter();
+        let mut whole = slices.next().expect("a phase has a slice");
+        for slice in slices {
+            whole.seconds += slice.seconds;
+            whole.acks += slice.acks;
+            whole.latency_us.extend(slice.latency_us);
+            whole.per_second.extend(slice.per_second);
+            whole.process_cpu += slice.process_cpu;
+            whole.load_cpu += slice.load_cpu;
+            whole.errors += slice.errors;
+            whole.first_error = whole.first_error.or(slice.first_error);
+            whole.acked_total += slice.acked_total;
+            for (sum, more) in whole.platform_calls.iter_mut().zip(slice.platform_calls) {
+                *sum += more;
+            }
+            whole.rss_mib = slice.rss_mib;
+        }
+        whole.latency_us.sort_unstable();
+        whole.p50 = percentile_ms(&whole.latency_us, 50.0);
+        whole.p99 = percentile_ms(&whole.latency_us, 99.0);
+        whole.max = whole
+            .latency_us
+            .last()
+            .map_or(f64::NAN, |&us| us as f64 / 1000.0);
+        whole
+    }
+
     pub fn rate(&self) -> f64 {
         self.acks as f64 / self.seconds
     }
@@ -402,9 +456,10 @@ async fn phase<const N: usize>(
 ) -> Phase<N> {
     let knobs = &bench.knobs;
     let measure_from = Instant::now() + Duration::from_secs(knobs.warmup);
-    let end = measure_from + Duration::from_secs(knobs.seconds);
+    let end = measure_from + Duration::from_secs_f64(knobs.slice_seconds());
+    let seconds = knobs.slice_seconds().ceil() as usize;
     let per_second: Arc<Vec<AtomicU64>> =
-        Arc::new((0..knobs.seconds).map(|_| AtomicU64::new(0)).collect());
+        Arc::new((0..seconds).map(|_| AtomicU64::new(0)).collect());
     let load = tokio::spawn(drive(
         bench.http.clone(),
         request,
@@ -419,18 +474,15 @@ async fn phase<const N: usize>(
     tokio::time::sleep_until(end.into()).await;
     let (cpu1, calls1, rss) = (cpu_split(), calls(), rss_mib());
     let seconds = measure_from.elapsed().as_secs_f64();
-    let mut tally = load.await.expect("the load generator panicked");
-    tally.latency_us.sort_unstable();
+    let tally = load.await.expect("the load generator panicked");
     Phase {
         name,
         seconds,
         acks: tally.latency_us.len(),
-        p50: percentile_ms(&tally.latency_us, 50.0),
-        p99: percentile_ms(&tally.latency_us, 99.0),
-        max: tally
-            .latency_us
-            .last()
-            .map_or(f64::NAN, |&us| us as f64 / 1000.0),
+        p50: f64::NAN,
+        p99: f64::NAN,
+        max: f64::NAN,
+        latency_us: tally.latency_us,
         per_second: per_second
             .iter()
             .map(|n| n.load(Ordering::Relaxed))
@@ -453,12 +505,12 @@ pub fn write_setup(w: &mut String, bench: &Bench, fake: &str) {
     let (knobs, cores) = (&bench.knobs, bench.cores);
     let _ = writeln!(
         w,
-        "{} concurrent keep-alive clients on 127.0.0.1, {} s warm-up + {} s measured per phase, \
-         {cores} cores. Servers and load generator share this process and machine, the same way \
+        "{} concurrent keep-alive clients on 127.0.0.1, {} s measured per phase in {} slices that \
+         alternate between the phases, each after {} s of warm-up, {cores} cores. Servers and load generator share this process and machine, the same way \
          in both phases: the servers run on their own tokio runtime ({cores} workers), the load \
          generator and the fake {fake} on another ({cores} workers); server CPU is the process's \
          minus the load runtime's threads.\n",
-        knobs.clients, knobs.warmup, knobs.seconds
+        knobs.clients, knobs.seconds, knobs.rounds, knobs.warmup
     );
 }
 

@@ -65,25 +65,35 @@ fn corrupt() -> sled::Error {
     ))
 }
 
-/// A chunk's entries and values, in order.
-pub fn decode(chunk: &[u8]) -> sled::Result<Vec<(&[u8], &[u8])>> {
+/// A chunk's entries and values, in order, as they are read.
+fn entries(chunk: &[u8]) -> impl Iterator<Item = sled::Result<(&[u8], &[u8])>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (bytes.get(..n)?, bytes.get(n..)?);
         *bytes = tail;
         Some(head)
     }
     let mut rest = chunk;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
         let mut next = || -> Option<(&[u8], &[u8])> {
             let len = u16::from_le_bytes(take(&mut rest, 2)?.try_into().ok()?);
             let entry = take(&mut rest, len.into())?;
             let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().ok()?);
             Some((entry, take(&mut rest, len as usize)?))
         };
-        out.push(next().ok_or_else(corrupt)?);
-    }
-    Ok(out)
+        let entry = next().ok_or_else(corrupt);
+        if entry.is_err() {
+            rest = &[];
+        }
+        Some(entry)
+    })
+}
+
+/// A chunk's entries and values, in order.
+pub fn decode(chunk: &[u8]) -> sled::Result<Vec<(&[u8], &[u8])>> {
+    entries(chunk).collect()
 }
 
 pub fn encode(entries: &BTreeMap<Vec<u8>, IVec>) -> Vec<u8> {
@@ -100,10 +110,16 @@ pub fn encode(entries: &BTreeMap<Vec<u8>, IVec>) -> Vec<u8> {
 
 /// One entry's value in a chunk.
 pub fn find(chunk: &[u8], entry: &[u8]) -> sled::Result<Option<IVec>> {
-    Ok(decode(chunk)?
-        .into_iter()
-        .find(|(e, _)| *e == entry)
-        .map(|(_, v)| IVec::from(v)))
+    for item in entries(chunk) {
+        let (found, value) = item?;
+        match found.cmp(entry) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => return Ok(Some(IVec::from(value))),
+            // Entries are in order: it is not there.
+            std::cmp::Ordering::Greater => break,
+        }
+    }
+    Ok(None)
 }
 
 /// Applies writes (`None` removes) to a chunk; `None` when no entry is left.
