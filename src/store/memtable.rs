@@ -27,10 +27,10 @@ use super::wal::{Op, Write};
 
 /// How long writes gather in the active layer before they go to sled.
 pub const FREEZE_AFTER: Duration = Duration::from_millis(100);
-/// The active layer is frozen sooner when it holds this many keys.
-const FREEZE_AT_KEYS: usize = 32 * 1024;
+/// The active layer is frozen sooner when its writes reach this many bytes.
+const FREEZE_AT_BYTES: usize = 4 << 20;
 /// When the drain falls this far behind, applying waits for it, so memory stays bounded.
-const WAIT_FOR_DRAIN_AT_KEYS: usize = 8 * FREEZE_AT_KEYS;
+const WAIT_FOR_DRAIN_AT_BYTES: usize = 4 * FREEZE_AT_BYTES;
 
 /// A key's latest write: its value, or `None` for a removal.
 type Layer = BTreeMap<Vec<u8>, Option<IVec>>;
@@ -40,6 +40,8 @@ struct Layers {
     active: Layer,
     /// When the active layer got its first write since it was last frozen.
     active_since: Option<Instant>,
+    /// The bytes of keys and values written to the active layer (overwritten ones included).
+    active_bytes: usize,
     /// Being written to sled by the drain thread.
     frozen: Option<Arc<Layer>>,
 }
@@ -244,6 +246,7 @@ impl Tree {
                     Some(IVec::from(value))
                 }
             };
+            layers.active_bytes += key.len() + value.as_ref().map_or(0, |v| v.len());
             layers.active.insert(key, value);
         }
         Ok(())
@@ -254,9 +257,9 @@ impl Tree {
     pub fn freeze_if_due(&self, checkpoint_below: &mut Option<u64>) -> Option<Drain> {
         loop {
             let mut layers = self.write();
-            let keys = layers.active.len();
+            let bytes = layers.active_bytes;
             if layers.frozen.is_some() {
-                if keys < WAIT_FOR_DRAIN_AT_KEYS {
+                if bytes < WAIT_FOR_DRAIN_AT_BYTES {
                     return None;
                 }
                 drop(layers);
@@ -266,10 +269,11 @@ impl Tree {
             let old = layers
                 .active_since
                 .is_some_and(|t| t.elapsed() >= FREEZE_AFTER);
-            if checkpoint_below.is_none() && !old && keys < FREEZE_AT_KEYS {
+            if checkpoint_below.is_none() && !old && bytes < FREEZE_AT_BYTES {
                 return None;
             }
             layers.active_since = None;
+            layers.active_bytes = 0;
             let layer = Arc::new(std::mem::take(&mut layers.active));
             layers.frozen = Some(layer.clone());
             return Some(Drain {
