@@ -77,7 +77,7 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 }
 
 /// The space a segment takes when it starts (it grows past it only for a larger change).
-const SEGMENT_BYTES: u64 = 16 << 20;
+const SEGMENT_BYTES: u64 = 4 << 20;
 
 /// A new segment with [`SEGMENT_BYTES`] allocated, all zeros: a sync after writing inside it
 /// need not record a new file size, which costs ext4 a third more CPU per sync than that.
