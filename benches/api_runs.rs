@@ -15,7 +15,8 @@
 //! `BENCH_SECONDS` [10] measured seconds per throughput phase, `BENCH_WARMUP` [2] warm-up
 //! seconds, `BENCH_CLIENTS` [64], `BENCH_RUNS` [100000] runs stored for the memory phase,
 //! `BENCH_DRAIN_SECONDS` [60] longest wait for the dispatcher to catch up, `BENCH_DIR` where the
-//! temporary store goes [the system temp dir]. Nothing leaves 127.0.0.1.
+//! temporary store goes [the system temp dir], `BENCH_BINARY` the portbot binary to measure [this
+//! build's], for comparing builds in turns on this noisy machine. Nothing leaves 127.0.0.1.
 
 mod support;
 
@@ -204,7 +205,9 @@ impl Server {
             .append(true)
             .open(log)
             .expect("the server log opens");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_portbot"));
+        let binary = std::env::var_os("BENCH_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_portbot").into());
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -28,8 +28,7 @@
 //! decides, and a keeping insert after it decides the same way both times.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -76,38 +75,15 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(found)
 }
 
-/// The space a segment takes when it starts (it grows past it only for a larger change).
-const SEGMENT_BYTES: u64 = 4 << 20;
-
-/// A new segment with [`SEGMENT_BYTES`] allocated, all zeros: a sync after writing inside it
-/// need not record a new file size, which costs ext4 a third more CPU per sync than that.
-/// Replaying stops at the zeros after the last record.
+/// A new, empty segment to append to. Its name is synced, so that it lasts as well as what is
+/// written under it.
 fn open_segment(dir: &Path, segment: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
-        .truncate(true)
-        .write(true)
+        .append(true)
         .open(segment_path(dir, segment))?;
-    allocate(&file, SEGMENT_BYTES)?;
-    // The new name must last as well as what is written under it.
     File::open(dir)?.sync_all()?;
     Ok(file)
-}
-
-#[cfg(target_os = "linux")]
-fn allocate(file: &File, bytes: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain system call on a descriptor this function borrows.
-    match unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) } {
-        0 => Ok(()),
-        // A file system without fallocate: a sparse file of the same size does as well.
-        _ => file.set_len(bytes),
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn allocate(file: &File, bytes: u64) -> std::io::Result<()> {
-    file.set_len(bytes)
 }
 
 fn encode(ops: &[Op], out: &mut Vec<u8>) {
@@ -166,7 +142,7 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
     let mut records = Vec::new();
     while let (Some(len), Some(crc)) = (u32_at(&mut rest), u32_at(&mut rest)) {
         if len == 0 {
-            // The zeros of a segment's unwritten space; no record is empty.
+            // Zeros, as a file system may leave after a crash; no record is empty.
             break;
         }
         let Some(body) = take(&mut rest, len) else {
@@ -200,7 +176,7 @@ enum Logged {
 struct Writer {
     dir: PathBuf,
     file: File,
-    /// Bytes of records in `file`; the rest of it is zeros.
+    /// Bytes of records in `file`.
     written: u64,
     segment: u64,
     checkpoint_every: Duration,
@@ -333,11 +309,6 @@ impl Writer {
                 }
                 Err(error) => answer(replies, &Err(error.to_string())),
             }
-            if self.written >= SEGMENT_BYTES {
-                if let Err(error) = self.next_segment() {
-                    tracing::error!(%error, "cannot start a new log segment; the full one grows");
-                }
-            }
             self.checkpoint_if_due();
         }
     }
@@ -345,15 +316,13 @@ impl Writer {
     fn log(&mut self, ops: &[Op]) -> StoreResult<()> {
         let mut record = Vec::new();
         encode(ops, &mut record);
-        self.file
-            .write_all_at(&record, self.written)
-            .map_err(io_error)?;
+        self.file.write_all(&record).map_err(io_error)?;
         self.file.sync_data().map_err(io_error)?;
         self.written += record.len() as u64;
         Ok(())
     }
 
-    /// Starts the next segment (the next checkpoint deletes this one with the older ones).
+    /// Starts the next segment.
     fn next_segment(&mut self) -> std::io::Result<()> {
         self.file = open_segment(&self.dir, self.segment + 1)?;
         self.segment += 1;
@@ -478,10 +447,10 @@ mod tests {
         let whole = bytes.len();
         encode(&ops, &mut bytes);
         assert_eq!(decode(&bytes).len(), 3);
-        let mut allocated = bytes.clone();
-        allocated.resize(bytes.len() + 4096, 0);
+        let mut zero_tail = bytes.clone();
+        zero_tail.resize(bytes.len() + 4096, 0);
         assert_eq!(
-            decode(&allocated).len(),
+            decode(&zero_tail).len(),
             3,
             "the zeros after the records end them"
         );
