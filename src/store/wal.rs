@@ -223,7 +223,6 @@ impl Wal {
         std::thread::Builder::new()
             .name("portbot-store-drain".into())
             .spawn(move || {
-                lower_priority();
                 // Ends when the applier thread does.
                 for drain in frozen {
                     drain_loop(&drain_tree, &drain_dir, &drain, &flag);
@@ -398,23 +397,6 @@ fn drain_loop(tree: &Tree, dir: &Path, drain: &Drain, checkpointing: &AtomicBool
             tracing::error!(%error, "checkpoint failed; the log is kept until one succeeds");
         }
         checkpointing.store(false, Ordering::Release);
-    }
-}
-
-/// Lets request threads go first. Draining is background work: what it writes is durable in the
-/// log and visible in memory already, and at full speed a whole frozen layer would take a core
-/// from answering requests for tens of milliseconds. The layers in memory wait meanwhile, within
-/// the bound `memtable` sets.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // On Linux a thread id names one thread for `setpriority`.
-        // SAFETY: plain system calls about this thread; a failure only leaves the priority.
-        let result =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
-        if result != 0 {
-            tracing::debug!("cannot lower the drain thread's priority");
-        }
     }
 }
 
