@@ -283,6 +283,15 @@ impl Tree {
         }
     }
 
+    /// Writes everything held in memory to sled now: at open, before the drain thread starts.
+    pub fn drain_all(&self) -> sled::Result<()> {
+        // A checkpoint's mark freezes the layer whatever its age or size.
+        match self.freeze_if_due(&mut Some(0)) {
+            Some(drain) => self.drain(&drain),
+            None => Ok(()),
+        }
+    }
+
     /// Writes a frozen layer to sled, then lets it go.
     pub fn drain(&self, drain: &Drain) -> sled::Result<()> {
         self.write_to_sled(&drain.layer)?;
@@ -404,6 +413,7 @@ mod tests {
     }
 
     fn freeze_now(tree: &Tree) -> Drain {
+        // A checkpoint's mark freezes the layer whatever its age or size.
         tree.freeze_if_due(&mut Some(0)).expect("the drain is free")
     }
 

@@ -209,9 +209,7 @@ impl Wal {
         if replayed > 0 {
             tracing::info!(records = replayed, "replayed the write-ahead log");
         }
-        if let Some(drain) = tree.freeze_if_due(&mut Some(0)) {
-            tree.drain(&drain)?;
-        }
+        tree.drain_all()?;
         tree.db().flush()?;
         for segment in &left {
             std::fs::remove_file(segment_path(&dir, *segment)).map_err(io_error)?;
@@ -460,8 +458,7 @@ mod tests {
             let tree = Arc::new(Tree::open(db, super::super::chunks::NO_CHUNKS).unwrap());
             for op in &ops[..applied] {
                 tree.apply(vec![op.clone()]).unwrap();
-                tree.drain(&tree.freeze_if_due(&mut Some(0)).unwrap())
-                    .unwrap();
+                tree.drain_all().unwrap();
             }
             let log = dir.path().join("wal");
             std::fs::create_dir_all(&log).unwrap();
