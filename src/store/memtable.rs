@@ -26,9 +26,9 @@ use super::chunks::{self, Chunking};
 use super::wal::{Op, Write};
 
 /// How long writes gather in the active layer before they go to sled.
-pub const FREEZE_AFTER: Duration = Duration::from_millis(100);
+pub const FREEZE_AFTER: Duration = Duration::from_millis(50);
 /// The active layer is frozen sooner when its writes reach this many bytes.
-const FREEZE_AT_BYTES: usize = 2 << 20;
+const FREEZE_AT_BYTES: usize = 1 << 20;
 /// When the drain falls this far behind, applying waits for it, so memory stays bounded.
 const WAIT_FOR_DRAIN_AT_BYTES: usize = 4 * FREEZE_AT_BYTES;
 
