@@ -39,7 +39,7 @@ use tokio::sync::oneshot;
 use super::memtable::{Drain, Tree, FREEZE_AFTER};
 use super::{StoreError, StoreResult};
 
-/// One write to sled.
+/// One write to the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     Insert(Vec<u8>),
@@ -176,19 +176,17 @@ enum Logged {
 struct Writer {
     dir: PathBuf,
     file: File,
-    /// Bytes of records in `file`.
-    written: u64,
     segment: u64,
     checkpoint_every: Duration,
     last_checkpoint: Instant,
-    /// Set while the checkpoint thread flushes; no new checkpoint starts until it is done.
+    /// Set while a checkpoint is drained and flushed; no new checkpoint starts until it is done.
     checkpointing: Arc<AtomicBool>,
     applier: mpsc::Sender<Logged>,
 }
 
 impl Wal {
-    /// Replays what a crash left into `db`, then starts a fresh segment and the writer thread;
-    /// a checkpoint runs every `checkpoint_every`.
+    /// Replays what a crash left into `tree` (and on into sled), then starts a fresh segment and
+    /// the writer, applier and drain threads; a checkpoint runs every `checkpoint_every`.
     pub fn open(tree: &Arc<Tree>, dir: PathBuf, checkpoint_every: Duration) -> StoreResult<Wal> {
         std::fs::create_dir_all(&dir).map_err(io_error)?;
         let left = segments(&dir).map_err(io_error)?;
@@ -235,7 +233,6 @@ impl Wal {
             .map_err(io_error)?;
         let mut writer = Writer {
             file: open_segment(&dir, segment).map_err(io_error)?,
-            written: 0,
             dir,
             segment,
             checkpoint_every,
@@ -314,20 +311,11 @@ impl Writer {
         let mut record = Vec::new();
         encode(ops, &mut record);
         self.file.write_all(&record).map_err(io_error)?;
-        self.file.sync_data().map_err(io_error)?;
-        self.written += record.len() as u64;
-        Ok(())
+        self.file.sync_data().map_err(io_error)
     }
 
-    /// Starts the next segment.
-    fn next_segment(&mut self) -> std::io::Result<()> {
-        self.file = open_segment(&self.dir, self.segment + 1)?;
-        self.segment += 1;
-        self.written = 0;
-        Ok(())
-    }
-
-    /// Starts a new segment and hands the older ones to the checkpoint thread.
+    /// Starts a new segment and has the applier freeze what the older ones hold, for the drain
+    /// thread to write, flush and delete them.
     fn checkpoint_if_due(&mut self) {
         if self.last_checkpoint.elapsed() < self.checkpoint_every
             || self.checkpointing.load(Ordering::Acquire)
@@ -335,13 +323,16 @@ impl Writer {
             return;
         }
         self.last_checkpoint = Instant::now();
-        if self.written == 0 {
+        if self.file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
             return;
         }
-        match self.next_segment() {
-            Ok(()) => {
+        let next = self.segment + 1;
+        match open_segment(&self.dir, next) {
+            Ok(file) => {
+                self.file = file;
+                self.segment = next;
                 self.checkpointing.store(true, Ordering::Release);
-                let _ = self.applier.send(Logged::Checkpoint(self.segment));
+                let _ = self.applier.send(Logged::Checkpoint(next));
             }
             Err(error) => tracing::error!(%error, "cannot start a new log segment; will retry"),
         }
