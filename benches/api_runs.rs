@@ -14,7 +14,8 @@
 //! Run with `cargo bench --bench api_runs`. Environment knobs (defaults in brackets):
 //! `BENCH_SECONDS` [10] measured seconds per throughput phase, `BENCH_WARMUP` [2] warm-up
 //! seconds, `BENCH_CLIENTS` [64], `BENCH_RUNS` [100000] runs stored for the memory phase,
-//! `BENCH_DRAIN_SECONDS` [60] longest wait for the dispatcher to catch up, `BENCH_DIR` where the
+//! `BENCH_DRAIN_SECONDS` [60] longest wait for the dispatcher to catch up, `BENCH_HOLD_SECONDS` [0]
+//! how long to keep the server up after the fill, to look at its memory, `BENCH_DIR` where the
 //! temporary store goes [the system temp dir], `BENCH_BINARY` the portbot binary to measure [this
 //! build's], for comparing builds in turns on this noisy machine. Nothing leaves 127.0.0.1.
 
@@ -939,6 +940,14 @@ async fn run(knobs: Knobs) -> String {
     server.check_alive("during the fill");
     let (hwm_mb, rss_mb) = proc_memory_mb(server.pid());
     let log_lines = server.log_lines();
+    let hold = env_u64("BENCH_HOLD_SECONDS", 0);
+    if hold > 0 {
+        eprintln!(
+            "holding portbot {} for {hold} s after the fill ...",
+            server.pid()
+        );
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
 
     eprintln!("restarting on the same store ...");
     server.stop().await;

@@ -54,10 +54,6 @@ use serenity::interactions_endpoint::Verifier;
 
 use portbot::config::Settings;
 
-/// As in the `portbot` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// RFC 8032 test 1: the secret key, and its public key as `discord.public_key` takes it.
 const SECRET_KEY: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
 const PUBLIC_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
@@ -305,6 +301,7 @@ fn discord_settings(settings: &mut Settings, api_url: String) {
 
 // ---------------------------------------------------------------------------------------------
 fn main() {
+    portbot::allocator::purge_freed_memory_sooner();
     let bench = Bench::new();
     let discord = Arc::new(FakeDiscord::new());
     let seen = discord.clone();

@@ -41,10 +41,6 @@ use sha2::Sha256;
 
 use portbot::config::Settings;
 
-/// As in the `portbot` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const SECRET: &str = "bench-signing-secret";
 const USER: &str = "UBENCH";
 const TEXT: &str = "add-documentdb mailer instances=2";
@@ -195,6 +191,7 @@ fn slack_settings(settings: &mut Settings, api_url: String) {
 
 // ---------------------------------------------------------------------------------------------
 fn main() {
+    portbot::allocator::purge_freed_memory_sooner();
     let bench = Bench::new();
     let slack = Arc::new(FakeSlack::default());
     let seen = slack.clone();

@@ -3,6 +3,7 @@
 //! them, `store` owns sled, `backends` invoke actions, `chat` is what the chat platforms
 //! share, and `api`, `cli`, `slack`, `discord` and `github` (its webhook) are adapters.
 
+pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod backends;

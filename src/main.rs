@@ -10,11 +10,6 @@ use portbot::cli::{self, Client, Connection};
 use portbot::config::Settings;
 use portbot::{definitions, startup::Application, telemetry};
 
-/// glibc's allocator took a quarter of the server's CPU under load (many small JSON buffers
-/// across threads); mimalloc does the same work in a fraction of it.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "portbot",
@@ -113,9 +108,16 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    portbot::allocator::purge_freed_memory_sooner();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts")
+        .block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> ExitCode {
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(args.config).await,
         Command::Check => check(args.config),
