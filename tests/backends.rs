@@ -70,8 +70,26 @@ async fn webhooks_carry_ports_body_and_a_verifiable_signature() {
         body["context"],
         json!({"entity": "mailer", "blueprint": "Component", "runId": run})
     );
+    assert_eq!(body["trigger"]["origin"], "API");
+    assert!(body["trigger"]["at"]
+        .as_str()
+        .is_some_and(|at| chrono::DateTime::parse_from_rfc3339(at).is_ok()));
     assert_eq!(body["payload"]["properties"], json!({"size": 2}));
-    assert_eq!(body["payload"]["entity"]["identifier"], "mailer");
+    assert_eq!(
+        body["payload"]["action"],
+        json!({"identifier": "deploy", "title": "deploy", "blueprint": "Component", "operation": "DAY-2"})
+    );
+    let (_, mailer) = app.entity("Component", "mailer").await;
+    assert_eq!(
+        body["payload"]["entity"],
+        json!({
+            "identifier": "mailer",
+            "title": mailer["title"],
+            "blueprint": "Component",
+            "properties": mailer["properties"],
+            "relations": mailer["relations"],
+        })
+    );
 
     // Asynchronous: the run stays in progress until the backend reports through the API.
     let logs = app.log_lines(&run).await;

@@ -531,7 +531,7 @@ impl App {
                 });
             }
             for deletion in &on_success.delete {
-                let context = run.template_context(self.run_entity(run, catalog.view()).as_ref());
+                let context = run.template_context(self.run_entity(run, catalog.view()));
                 let rendered = template::render_text(&deletion.identifier, &context)?;
                 let id = EntityId::try_from(rendered).map_err(|e| TemplateError {
                     template: deletion.identifier.clone(),
@@ -578,7 +578,7 @@ impl App {
         mapping: &EntityMapping,
         catalog: &Catalog,
     ) -> Result<Entity, AppError> {
-        let context = run.template_context(self.run_entity(run, catalog).as_ref());
+        let context = run.template_context(self.run_entity(run, catalog));
         let mut rendered = template::render_value(&mapping.mapping, &context)?;
         rendered["blueprint"] = Value::from(mapping.blueprint.as_str());
         for key in ["properties", "relations"] {
@@ -597,13 +597,18 @@ impl App {
     /// The context an action's templates are rendered over, with the run's entity as the
     /// catalog has it now.
     pub fn template_context(&self, run: &Run) -> Value {
-        run.template_context(self.run_entity(run, &self.catalog()).as_ref())
+        self.with_run_entity(run, |entity| run.template_context(entity))
     }
 
-    fn run_entity(&self, run: &Run, catalog: &Catalog) -> Option<Entity> {
+    /// Calls `f` with the run's entity as the catalog has it now, without copying it.
+    pub fn with_run_entity<T>(&self, run: &Run, f: impl FnOnce(Option<&Entity>) -> T) -> T {
+        f(self.run_entity(run, &self.catalog()))
+    }
+
+    fn run_entity<'c>(&self, run: &Run, catalog: &'c Catalog) -> Option<&'c Entity> {
         run.entity
             .as_ref()
-            .and_then(|e| catalog.entity(&run.blueprint, &e.identifier).cloned())
+            .and_then(|e| catalog.entity(&run.blueprint, &e.identifier))
     }
 
     /// Numbers the events and adds run, events and outbox marks to the change.

@@ -89,8 +89,12 @@ impl App {
         Ok(Pending {
             run: current,
             events,
-            reference: self.inner.store.reference(consumer, run)?,
         })
+    }
+
+    /// What `consumer` recorded at its last delivery of the run (its chat message ids, say).
+    pub fn outbox_reference(&self, consumer: &str, run: &RunId) -> Result<Option<Value>, AppError> {
+        Ok(self.inner.store.reference(consumer, run)?)
     }
 
     /// Records that `consumer` delivered the run's events up to `delivery.seq`, with what the
@@ -138,8 +142,6 @@ pub struct Pending {
     /// The run as it is now.
     pub run: Run,
     pub events: Vec<RunEvent>,
-    /// What the consumer recorded at its last delivery (e.g. the chat message ids).
-    pub reference: Option<Value>,
 }
 
 /// A delivery to record.

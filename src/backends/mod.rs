@@ -99,7 +99,7 @@ impl Deliver for Dispatcher {
     /// Invokes the backend of a run that started, and records the delivery with what the
     /// backend answered.
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
-        let Pending { run, events, .. } = self.app.outbox_pending(CONSUMER, id)?;
+        let Pending { run, events } = self.app.outbox_pending(CONSUMER, id)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
@@ -109,7 +109,7 @@ impl Deliver for Dispatcher {
         // A run starts once; a run that ended before its start was delivered is not invoked.
         let note = match run.status.is_ended() {
             true => None,
-            false => self.invoke(run.clone()).await?,
+            false => self.invoke(&run).await?,
         };
         if ended {
             self.withdraw(&run).await;
@@ -124,7 +124,7 @@ impl Deliver for Dispatcher {
 }
 
 impl Dispatcher {
-    async fn invoke(&self, run: Run) -> Outcome {
+    async fn invoke(&self, run: &Run) -> Outcome {
         let Ok(action) = self.app.action(run.action.identifier.as_str()) else {
             return self
                 .end(
@@ -139,10 +139,10 @@ impl Dispatcher {
         let result = match &action.invocation {
             // Sent again after a restart that came before its confirmation: receivers can
             // recognise a repeat by `context.runId`.
-            Invocation::Webhook(hook) => webhook::invoke(self, &run, action, hook).await,
+            Invocation::Webhook(hook) => webhook::invoke(self, run, action, hook).await,
             // A command is never started twice: the attempt is recorded before it starts.
             Invocation::Command(cmd) => match self.app.begin_invocation(&run.id).await? {
-                0 => command::run(self, &run, cmd).await,
+                0 => command::run(self, run, cmd).await,
                 _ => {
                     self.end(
                         &run.id,
@@ -154,9 +154,9 @@ impl Dispatcher {
             },
             Invocation::UpsertEntity(_) => self.app.complete_with_upsert(&run.id).await.map(|_| None),
             // Safe to repeat: each looks for the branch, pull request or workflow run first.
-            Invocation::Gitops(gitops) => gitops::invoke(self, &run, action, gitops).await,
+            Invocation::Gitops(gitops) => gitops::invoke(self, run, action, gitops).await,
             Invocation::GithubWorkflow(workflow) => {
-                github_workflow::invoke(self, &run, action, workflow).await
+                github_workflow::invoke(self, run, action, workflow).await
             }
         };
         let ok = self

@@ -95,16 +95,12 @@ impl<S: Surface> Deliver for Threads<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending {
-            run,
-            events,
-            reference,
-        } = app.outbox_pending(S::THREADS, id)?;
+        let Pending { run, events } = app.outbox_pending(S::THREADS, id)?;
         let Some(requested_in) = run.channel.as_deref().filter(|_| !events.is_empty()) else {
             return Ok(());
         };
         let mut rest = events.as_slice();
-        let mut card = match reference {
+        let mut card = match app.outbox_reference(S::THREADS, id)? {
             Some(card) => card,
             None => {
                 // The card stands for the run's creation (its first event).
@@ -136,16 +132,12 @@ impl<S: Surface> Deliver for Approvals<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending {
-            run,
-            events,
-            reference,
-        } = app.outbox_pending(S::APPROVALS, id)?;
+        let Pending { run, events } = app.outbox_pending(S::APPROVALS, id)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
         // A message shows the run as it is now, so one post or update covers every pending event.
-        match reference {
+        match app.outbox_reference(S::APPROVALS, id)? {
             None => {
                 let request = surface.post_request(&run).await?;
                 record(app, S::APPROVALS, id, last, Some(request)).await

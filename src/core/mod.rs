@@ -14,3 +14,4 @@ pub mod ids;
 pub mod run;
 pub mod schema;
 pub mod template;
+pub mod timestamp;

@@ -87,6 +87,7 @@ pub struct DecisionRecord {
     pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(with = "crate::core::timestamp")]
     pub at: DateTime<Utc>,
 }
 
@@ -151,8 +152,11 @@ pub struct Run {
     /// The chat channel the request was typed in, where the run card goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    #[serde(with = "crate::core::timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "crate::core::timestamp")]
     pub updated_at: DateTime<Utc>,
+    #[serde(default, with = "crate::core::timestamp::option")]
     pub ended_at: Option<DateTime<Utc>>,
     pub approval: Option<ApprovalState>,
     pub affected_entities: Vec<EntityChange>,
@@ -200,6 +204,7 @@ pub enum EventKind {
 pub struct RunEvent {
     pub run_id: RunId,
     pub seq: u64,
+    #[serde(with = "crate::core::timestamp")]
     pub at: DateTime<Utc>,
     #[serde(flatten)]
     pub kind: EventKind,
@@ -496,23 +501,39 @@ impl Run {
 
     /// The context templates in the action's definition are rendered over.
     pub fn template_context(&self, entity: Option<&Entity>) -> Value {
-        let entity = match entity {
-            Some(e) => serde_json::json!({
-                "identifier": e.identifier,
-                "title": e.title.clone().unwrap_or_else(|| e.identifier.to_string()),
-                "blueprint": e.blueprint,
-                "properties": e.properties,
-                "relations": e.relations,
-            }),
-            None => serde_json::json!({}),
-        };
         serde_json::json!({
             "inputs": self.properties,
-            "entity": entity,
+            "entity": EntityView(entity),
             "run": {"id": self.id},
             "action": {"identifier": self.action.identifier, "title": self.action.title},
             "trigger": {"by": {"user": self.created_by}, "operation": self.operation.as_str()},
         })
+    }
+}
+
+/// A run's entity as templates and backends see it: its identifier, title (the identifier when
+/// it has none), blueprint, properties and relations; an empty object when the run has none.
+pub struct EntityView<'a>(pub Option<&'a Entity>);
+
+impl Serialize for EntityView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(entity) = self.0 else {
+            return serializer.serialize_map(Some(0))?.end();
+        };
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("identifier", &entity.identifier)?;
+        map.serialize_entry(
+            "title",
+            entity
+                .title
+                .as_deref()
+                .unwrap_or(entity.identifier.as_str()),
+        )?;
+        map.serialize_entry("blueprint", &entity.blueprint)?;
+        map.serialize_entry("properties", &entity.properties)?;
+        map.serialize_entry("relations", &entity.relations)?;
+        map.end()
     }
 }
 

@@ -41,7 +41,7 @@ pub fn check_syntax(template: &str) -> Result<(), TemplateError> {
 
 /// Renders one string template to text.
 pub fn render_text(template: &str, context: &Value) -> Result<String, TemplateError> {
-    if !template.contains("{{") {
+    if !is_template(template) {
         return Ok(template.to_owned());
     }
     registry()
@@ -50,6 +50,11 @@ pub fn render_text(template: &str, context: &Value) -> Result<String, TemplateEr
             template: template.to_owned(),
             reason: e.reason().to_string(),
         })
+}
+
+/// Whether `text` has anything to render; text without is used as it is.
+pub fn is_template(text: &str) -> bool {
+    text.contains("{{")
 }
 
 /// Renders every string inside a JSON value; keys are kept as they are.
