@@ -17,7 +17,7 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// Has mimalloc give freed memory back to the system after 10 ms instead of its default 1 s.
 /// Under load, a second's worth of freed request buffers and store pages is tens of MiB: with
 /// 100k runs stored the server held 82-101 MiB at 1 s and 66-74 MiB at 10 ms, at a throughput
-/// the benchmark's noise could not tell apart (README, "Memory"). `MIMALLOC_PURGE_DELAY` in
+/// the benchmark's noise could not tell apart (README, "Decisions worth knowing"). `MIMALLOC_PURGE_DELAY` in
 /// the environment still decides, when it is set. Call it first thing in `main`.
 pub fn purge_freed_memory_sooner() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
