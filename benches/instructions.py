@@ -205,9 +205,15 @@ def main():
             assert reply.status == 200, reply.status
 
     def load(total):
+        """Sends about `total` runs from `--clients` keep-alive connections; returns how many."""
         per_client = max(total // args.clients, 1)
-        threads = [threading.Thread(target=lambda: [one(c) for c in [connect()] for _ in range(per_client)])
-                   for _ in range(args.clients)]
+
+        def client():
+            c = connect()
+            for _ in range(per_client):
+                one(c)
+
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
@@ -230,12 +236,13 @@ def main():
             time.sleep(0.2)
         raise SystemExit("portbot did not finish the work in 30 minutes")
 
-    settle(load(WARM_UP))
+    warmed = load(WARM_UP)
+    settle(warmed)
     time.sleep(2)
     subprocess.run(["callgrind_control", "--zero", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
     calls_before = slack_calls.value
     runs = load(args.runs)
-    settle(WARM_UP + runs)
+    settle(warmed + runs)
     time.sleep(2)
     subprocess.run(["callgrind_control", "--dump", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
     server.send_signal(signal.SIGTERM)
