@@ -3,29 +3,11 @@
 
 mod common;
 
-use base64::Engine;
-use common::{action, free_addr, Receiver, TestApp};
-use hmac::{Hmac, Mac};
+use common::{action, free_addr, verify_port_signature, Receiver, TestApp};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const DEV: &str = "dev@example.com";
 const OPS: &str = "ops@example.com";
-
-/// Verifies `x-port-signature` exactly as a Port webhook receiver does.
-fn verify_port_signature(secret: &str, received: &common::Received) -> bool {
-    let timestamp = received.headers["x-port-timestamp"].to_str().unwrap();
-    let signature = received.headers["x-port-signature"].to_str().unwrap();
-    let Some(encoded) = signature.strip_prefix("v1,") else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.").as_bytes());
-    mac.update(&received.body);
-    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().unwrap();
-    expected == encoded && (0..300).contains(&age)
-}
 
 #[tokio::test]
 async fn webhooks_carry_ports_body_and_a_verifiable_signature() {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::slack::{click, form, send_signed, signature, submission, BOT_TOKEN, SECRET};
-use common::{mentions, FakeSlack, TestApp};
+use common::{mentions, verify_port_signature, FakeSlack, Receiver, TestApp};
 use serde_json::{json, Value};
 
 async fn slack_app() -> TestApp {
@@ -790,4 +790,173 @@ async fn a_form_that_cannot_open_in_time_says_what_is_missing() {
     assert!(shown.contains("`instances` is required"), "{shown}");
     assert!(shown.contains("The form could not be opened"), "{shown}");
     assert_eq!(run_count(&app).await, 0);
+}
+
+/// The product's whole story in Slack, in one run: a command that lacks an input opens the
+/// form, the submitted run waits for approval in the approval channel, a devops click starts
+/// it, the signed webhook reaches the backend, the backend reports log lines, a status label
+/// and SUCCESS through the runs API as Port's backends do, every step lands in the run card's
+/// thread in order, the card shows the end, and the catalog holds the new resource.
+#[tokio::test]
+async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend() {
+    let receiver = Receiver::start().await;
+    let shipped = std::fs::read_to_string("config/catalog/actions/add-documentdb.json").unwrap();
+    let mut hook: Value = serde_json::from_str(&shipped).unwrap();
+    hook["identifier"] = json!("add-documentdb-hook");
+    hook["invocationMethod"] = json!({"type": "WEBHOOK", "url": receiver.url()});
+    let fake = FakeSlack::start().await;
+    let app = TestApp::spawn_with(&[hook], |settings| common::slack::enable(settings, &fake)).await;
+
+    // The command names the entity and one input but not the required `instances`.
+    fake.triggers
+        .lock()
+        .unwrap()
+        .insert("123.456.abc".into(), std::time::Instant::now());
+    let typed = "add-documentdb-hook mailer instance_class=db.r6g.large";
+    let now = chrono::Utc::now().timestamp();
+    let (status, body) = post_signed(&app, &form("UDEV", typed), now, SECRET).await;
+    assert_eq!((status, body.as_str()), (200, ""), "a form opens instead");
+    let open = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "views.open")
+        .expect("views.open");
+    let asked: Vec<&Value> = open.body["view"]["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.get("block_id"))
+        .collect();
+    assert!(
+        asked.contains(&&json!("instances")) && !asked.contains(&&json!("instance_class")),
+        "the form asks only for what is missing: {asked:?}"
+    );
+    let key = open.body["view"]["private_metadata"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let values = json!({"instances": {"value": {"type": "number_input", "value": "3"}}});
+    let (status, body) = post_interaction_reply(&app, &submission("UDEV", &key, values)).await;
+    assert_eq!((status, body.as_str()), (200, ""), "the form closes");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = runs["runs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(runs["runs"][0]["status"], "WAITING_FOR_APPROVAL");
+
+    // The approval request reaches the approval channel; devops approves.
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
+        .await;
+    assert_eq!(receiver.count(), 0, "nothing is invoked before approval");
+    assert_eq!(
+        post_interaction(&app, &click("UOPS", "approve", &run)).await,
+        200
+    );
+
+    // The webhook arrives, signed as Port signs it, with the inputs of the command and form.
+    for _ in 0..100 {
+        if receiver.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let received = receiver.received.lock().unwrap()[0].clone();
+    assert!(verify_port_signature(
+        portbot::startup::DEMO_SECRET,
+        &received
+    ));
+    let webhook: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!(webhook["context"]["runId"], run);
+    assert_eq!(webhook["trigger"]["origin"], "SLACK");
+    assert_eq!(webhook["payload"]["properties"]["instances"], 3);
+    assert_eq!(
+        webhook["payload"]["properties"]["instance_class"],
+        "db.r6g.large"
+    );
+
+    // The backend reports back through the runs API.
+    let logs = format!("/v1/actions/runs/{run}/logs");
+    for line in [
+        "creating cluster mailer-documentdb",
+        "instance 1 of 3 available",
+    ] {
+        let (status, body) = app
+            .backend("POST", &logs, Some(json!({"message": line})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = app
+        .patch_run(&run, json!({"statusLabel": "waiting for replicas"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let done = json!({"message": "cluster ready", "terminationStatus": "SUCCESS"});
+    let (status, body) = app.backend("POST", &logs, Some(done)).await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+
+    // Every step is a reply in the card's thread, in order, and the card shows the end.
+    let calls = fake
+        .calls_when(|calls| mentions(calls, "your run ended"))
+        .await;
+    let at = calls
+        .iter()
+        .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
+        .expect("a run card");
+    let card_ts = format!("1700000000.{:06}", at + 1);
+    let replies: Vec<String> = calls
+        .iter()
+        .skip(at + 1)
+        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
+        .map(|c| {
+            assert_eq!(c.body["thread_ts"], card_ts, "{:?}", c.body);
+            c.body["blocks"].to_string()
+        })
+        .collect();
+    let thread = replies.join("\n");
+    let mut from = 0;
+    for expected in [
+        "Waiting for approval",
+        "Approved by <@UOPS>",
+        "Started",
+        "creating cluster mailer-documentdb",
+        "instance 1 of 3 available",
+        "waiting for replicas",
+        "cluster ready",
+        "Catalog",
+        "<@UDEV> your run ended: *SUCCESS*",
+    ] {
+        let found = thread[from..]
+            .find(expected)
+            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
+        from += found;
+    }
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.update"
+                    && c.body["ts"] == card_ts
+                    && c.body["blocks"].to_string().contains("SUCCESS")
+            })
+        })
+        .await;
+    assert!(calls
+        .iter()
+        .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
+        .all(|c| c.body["ts"] == card_ts));
+    assert_eq!(
+        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every message kept Slack's limits"
+    );
+
+    // The catalog: mailer gained a DocumentDB resource built from the inputs.
+    let (status, resource) = app.entity("Resource", "mailer-documentdb").await;
+    assert_eq!(status, 200, "{resource}");
+    assert_eq!(resource["properties"]["instances"], 3);
+    assert_eq!(resource["properties"]["instance_class"], "db.r6g.large");
+    let (_, mailer) = app.entity("Component", "mailer").await;
+    assert!(
+        mailer["relations"]["resources"]
+            .as_array()
+            .is_some_and(|r| r.contains(&json!("mailer-documentdb"))),
+        "{mailer}"
+    );
 }

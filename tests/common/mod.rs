@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use hmac::Mac;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -338,6 +339,24 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+}
+
+/// Verifies `x-port-signature` exactly as a Port webhook receiver does.
+pub fn verify_port_signature(secret: &str, received: &Received) -> bool {
+    let timestamp = received.headers["x-port-timestamp"].to_str().unwrap();
+    let signature = received.headers["x-port-signature"].to_str().unwrap();
+    let Some(encoded) = signature.strip_prefix("v1,") else {
+        return false;
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&received.body);
+    let expected = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        mac.finalize().into_bytes(),
+    );
+    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().unwrap();
+    expected == encoded && (0..300).contains(&age)
 }
 
 /// A loopback address nothing listens on (yet).
