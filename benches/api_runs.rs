@@ -21,6 +21,8 @@
 
 mod support;
 
+use support::http1::Conn;
+
 use support::{clock_ticks, copy_dir, env_u64, percentile_ms, verdict, Errors};
 
 use std::fmt::Write as _;
@@ -372,9 +374,13 @@ struct CreatedRun {
 #[derive(Clone)]
 struct Api {
     http: reqwest::Client,
-    create_url: String,
+    addr: SocketAddr,
+    create_path: String,
     runs_url: String,
+    runs_path: String,
     auth: String,
+    /// The headers of a create or complete request, for [`http1::Conn::send`].
+    headers: [String; 2],
 }
 
 impl Api {
@@ -393,67 +399,70 @@ impl Api {
             .unwrap_or_else(|| panic!("no access token in {reply}"));
         Api {
             http,
-            create_url: server.url(&format!("/v1/actions/{ACTION}/runs")),
+            addr: server.addr,
+            create_path: format!("/v1/actions/{ACTION}/runs"),
             runs_url: server.url("/v1/actions/runs"),
+            runs_path: "/v1/actions/runs".into(),
             auth: format!("Bearer {token}"),
+            headers: [
+                format!("authorization: Bearer {token}"),
+                "content-type: application/json".into(),
+            ],
         }
     }
 
     /// The same client, creating runs of another action.
-    fn for_action(&self, server: &Server, action: &str) -> Api {
+    fn for_action(&self, action: &str) -> Api {
         Api {
-            create_url: server.url(&format!("/v1/actions/{action}/runs")),
+            create_path: format!("/v1/actions/{action}/runs"),
             ..self.clone()
         }
     }
 
+    /// A keep-alive connection for one client task.
+    async fn open(&self) -> Conn {
+        Conn::connect(self.addr)
+            .await
+            .expect("a connection to portbot")
+    }
+
+    async fn send(
+        &self,
+        conn: &mut Conn,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let headers = [self.headers[0].as_str(), self.headers[1].as_str()];
+        let response = conn.send(method, path, &headers, body).await?;
+        if (200..300).contains(&response.status) {
+            Ok(response.body)
+        } else {
+            Err(format!(
+                "HTTP {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ))
+        }
+    }
+
     /// Creates a run; its id once the server answered 200.
-    async fn create(&self) -> Result<String, String> {
-        let response = self
-            .http
-            .post(&self.create_url)
-            .header("authorization", &self.auth)
-            .header("content-type", "application/json")
-            .body(CREATE_BODY)
-            .send()
+    async fn create(&self, conn: &mut Conn) -> Result<String, String> {
+        let body = self
+            .send(conn, "POST", &self.create_path, CREATE_BODY)
             .await
             .map_err(|e| format!("create: {e}"))?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| format!("create: {e}"))?;
-        if !status.is_success() {
-            return Err(format!(
-                "create: HTTP {status} {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         serde_json::from_slice::<Created>(&body)
             .map(|c| c.run.id)
             .map_err(|e| format!("create: reply does not parse: {e}"))
     }
 
-    async fn complete(&self, id: &str) -> Result<(), String> {
-        let response = self
-            .http
-            .patch(format!("{}/{id}", self.runs_url))
-            .header("authorization", &self.auth)
-            .header("content-type", "application/json")
-            .body(COMPLETE_BODY)
-            .send()
+    async fn complete(&self, conn: &mut Conn, id: &str) -> Result<(), String> {
+        let path = format!("{}/{id}", self.runs_path);
+        self.send(conn, "PATCH", &path, COMPLETE_BODY)
             .await
-            .map_err(|e| format!("complete: {e}"))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("complete: {e}"))?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "complete: HTTP {status} {}",
-                String::from_utf8_lossy(&body)
-            ))
-        }
+            .map(drop)
+            .map_err(|e| format!("complete: {e}"))
     }
 
     async fn get(&self, url: &str) -> reqwest::StatusCode {
@@ -502,6 +511,7 @@ async fn drive(
     for _ in 0..clients {
         let api = api.clone();
         tasks.push(tokio::spawn(async move {
+            let mut conn = api.open().await;
             let mut tally = Tally::default();
             loop {
                 let started = Instant::now();
@@ -509,7 +519,7 @@ async fn drive(
                     break;
                 }
                 let measured = started >= measure_from;
-                let id = match api.create().await {
+                let id = match api.create(&mut conn).await {
                     Ok(id) => id,
                     Err(e) => {
                         tally.errors.record(e);
@@ -523,7 +533,7 @@ async fn drive(
                 if complete {
                     let started = Instant::now();
                     let measured = started >= measure_from;
-                    match api.complete(&id).await {
+                    match api.complete(&mut conn, &id).await {
                         Ok(()) if measured => tally.complete_us.push(micros(started.elapsed())),
                         Ok(()) => {}
                         Err(e) => tally.errors.record(e),
@@ -549,12 +559,13 @@ async fn fill(api: &Api, clients: usize, count: u64) -> (u64, u64, f64) {
         let api = api.clone();
         let left = left.clone();
         tasks.push(tokio::spawn(async move {
+            let mut conn = api.open().await;
             let (mut created, mut errors) = (0u64, 0u64);
             while left
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                 .is_ok()
             {
-                match api.create().await {
+                match api.create(&mut conn).await {
                     Ok(_) => created += 1,
                     Err(e) => {
                         if errors == 0 {
@@ -902,7 +913,7 @@ async fn run(knobs: Knobs) -> String {
     eprintln!("phase create only ...");
     phases.push(throughput_phase("create only", &api, &server, &hooks, &knobs, false).await);
     server.check_alive("during create only");
-    let gated = api.for_action(&server, GATED_ACTION);
+    let gated = api.for_action(GATED_ACTION);
     eprintln!("phase create only, waiting for approval ...");
     phases.push(
         throughput_phase(

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http1;
 pub mod load;
 
 use std::path::Path;
