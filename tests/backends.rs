@@ -24,13 +24,7 @@ async fn webhooks_carry_ports_body_and_a_verifiable_signature() {
         .await;
     assert_eq!(receiver.count(), 0, "nothing is sent before approval");
     app.decide(OPS, &run, "APPROVE").await;
-    for _ in 0..50 {
-        if receiver.count() > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let received = receiver.received.lock().unwrap()[0].clone();
+    let received = receiver.first().await;
     assert!(verify_port_signature(
         portbot::startup::DEMO_SECRET,
         &received

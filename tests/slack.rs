@@ -852,13 +852,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
     );
 
     // The webhook arrives, signed as Port signs it, with the inputs of the command and form.
-    for _ in 0..100 {
-        if receiver.count() > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let received = receiver.received.lock().unwrap()[0].clone();
+    let received = receiver.first().await;
     assert!(verify_port_signature(
         portbot::startup::DEMO_SECRET,
         &received

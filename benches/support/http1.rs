@@ -51,22 +51,6 @@ impl Conn {
         headers: &[&str],
         body: &[u8],
     ) -> Result<Response, String> {
-        let result = self.exchange(method, path, headers, body).await;
-        if result.is_err() {
-            if let Ok(fresh) = Conn::connect(self.addr).await {
-                *self = fresh;
-            }
-        }
-        result
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[&str],
-        body: &[u8],
-    ) -> Result<Response, String> {
         use std::io::Write as _;
         self.request.clear();
         write!(
@@ -82,6 +66,17 @@ impl Conn {
         }
         self.request.extend_from_slice(b"\r\n");
         self.request.extend_from_slice(body);
+        let result = self.exchange().await;
+        if result.is_err() {
+            if let Ok(fresh) = Conn::connect(self.addr).await {
+                *self = fresh;
+            }
+        }
+        result
+    }
+
+    /// Writes the prepared request and reads its response.
+    async fn exchange(&mut self) -> Result<Response, String> {
         self.stream
             .write_all(&self.request)
             .await

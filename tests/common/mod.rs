@@ -339,6 +339,17 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+
+    /// The first request received, waiting up to 10 s for it.
+    pub async fn first(&self) -> Received {
+        for _ in 0..100 {
+            if let Some(first) = self.received.lock().unwrap().first() {
+                return first.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the receiver got no request in 10 s");
+    }
 }
 
 /// Verifies `x-port-signature` exactly as a Port webhook receiver does.
