@@ -318,19 +318,16 @@ async fn the_chat_thread_shows_the_branch_the_merge_and_the_catalog_change() {
         .map(|c| c.body["blocks"].to_string())
         .collect::<Vec<_>>()
         .join("\n");
-    let mut at = 0;
-    for expected in [
-        "Approved by <@UOPS>",
-        &format!("pushed branch portbot/{run}"),
-        "the change was merged into main (seen by polling)",
-        "Catalog",
-        "<@UDEV> your run ended: *SUCCESS*",
-    ] {
-        let found = thread[at..]
-            .find(expected)
-            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
-        at += found;
-    }
+    common::assert_in_order(
+        &thread,
+        &[
+            "Approved by <@UOPS>",
+            &format!("pushed branch portbot/{run}"),
+            "the change was merged into main (seen by polling)",
+            "Catalog",
+            "<@UDEV> your run ended: *SUCCESS*",
+        ],
+    );
 }
 
 #[tokio::test]

@@ -210,7 +210,7 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         card_text.contains("<@UDEV>") && card_text.contains("WAITING_FOR_APPROVAL"),
         "{card_text}"
     );
-    let card_ts = format!("1700000000.{:06}", at + 1);
+    let card_ts = common::slack_ts(at);
 
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
@@ -241,21 +241,17 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         })
         .collect();
     let thread = replies.join("\n");
-    let order = [
-        "Waiting for approval",
-        "Approved by <@UOPS>",
-        "Started",
-        "instance mailer-documentdb-2: available",
-        "Catalog",
-        "<@UDEV> your run ended: *SUCCESS*",
-    ];
-    let mut at = 0;
-    for expected in order {
-        let found = thread[at..]
-            .find(expected)
-            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
-        at += found;
-    }
+    common::assert_in_order(
+        &thread,
+        &[
+            "Waiting for approval",
+            "Approved by <@UOPS>",
+            "Started",
+            "instance mailer-documentdb-2: available",
+            "Catalog",
+            "<@UDEV> your run ended: *SUCCESS*",
+        ],
+    );
     let updates: Vec<&common::SlackCall> = calls
         .iter()
         .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
@@ -453,7 +449,7 @@ fn request_ts(fake: &FakeSlack) -> String {
         .iter()
         .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "CAPPROVE")
         .unwrap();
-    format!("1700000000.{:06}", index + 1)
+    common::slack_ts(index)
 }
 
 async fn post_interaction_reply(app: &TestApp, body: &str) -> (u16, String) {
@@ -894,7 +890,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
         .iter()
         .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
         .expect("a run card");
-    let card_ts = format!("1700000000.{:06}", at + 1);
+    let card_ts = common::slack_ts(at);
     let replies: Vec<String> = calls
         .iter()
         .skip(at + 1)
@@ -905,23 +901,20 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
         })
         .collect();
     let thread = replies.join("\n");
-    let mut from = 0;
-    for expected in [
-        "Waiting for approval",
-        "Approved by <@UOPS>",
-        "Started",
-        "creating cluster mailer-documentdb",
-        "instance 1 of 3 available",
-        "waiting for replicas",
-        "cluster ready",
-        "Catalog",
-        "<@UDEV> your run ended: *SUCCESS*",
-    ] {
-        let found = thread[from..]
-            .find(expected)
-            .unwrap_or_else(|| panic!("`{expected}` missing or out of order in:\n{thread}"));
-        from += found;
-    }
+    common::assert_in_order(
+        &thread,
+        &[
+            "Waiting for approval",
+            "Approved by <@UOPS>",
+            "Started",
+            "creating cluster mailer-documentdb",
+            "instance 1 of 3 available",
+            "waiting for replicas",
+            "cluster ready",
+            "Catalog",
+            "<@UDEV> your run ended: *SUCCESS*",
+        ],
+    );
     let calls = fake
         .calls_when(|calls| {
             calls.iter().any(|c| {
@@ -931,10 +924,17 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
             })
         })
         .await;
-    assert!(calls
+    let card_updates: Vec<&common::SlackCall> = calls
         .iter()
         .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
-        .all(|c| c.body["ts"] == card_ts));
+        .collect();
+    assert!(
+        card_updates
+            .iter()
+            .any(|c| c.body["blocks"].to_string().contains("SUCCESS")),
+        "the card shows the end"
+    );
+    assert!(card_updates.iter().all(|c| c.body["ts"] == card_ts));
     assert_eq!(
         fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
         0,

@@ -570,7 +570,7 @@ impl FakeSlack {
                                 content_type: header("content-type"),
                                 body: body.clone(),
                             });
-                            let ts = format!("1700000000.{:06}", calls.len());
+                            let ts = slack_ts(calls.len() - 1);
                             axum::Json(json!({"ok": true, "channel": body["channel"], "ts": ts}))
                                 .into_response()
                         }
@@ -610,6 +610,22 @@ impl FakeSlack {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// Asserts that each of `expected` occurs in `text`, in this order.
+pub fn assert_in_order(text: &str, expected: &[&str]) {
+    let mut at = 0;
+    for wanted in expected {
+        let found = text[at..]
+            .find(wanted)
+            .unwrap_or_else(|| panic!("`{wanted}` missing or out of order in:\n{text}"));
+        at += found;
+    }
+}
+
+/// The `ts` the fake Slack gives the message of its `index`th recorded call.
+pub fn slack_ts(index: usize) -> String {
+    format!("1700000000.{:06}", index + 1)
 }
 
 /// Whether any call's blocks contain `text`.
