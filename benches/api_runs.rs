@@ -43,6 +43,7 @@ const ACTION: &str = "bench-noop";
 const GATED_ACTION: &str = "bench-gated";
 const CLIENT_ID: &str = "portbot-cli";
 const CLIENT_SECRET: &str = "portbot-demo-secret-change-me";
+const RUNS_PATH: &str = "/v1/actions/runs";
 const CREATE_BODY: &[u8] = br#"{"properties":{"n":1}}"#;
 const COMPLETE_BODY: &[u8] = br#"{"status":"SUCCESS"}"#;
 
@@ -377,7 +378,6 @@ struct Api {
     addr: SocketAddr,
     create_path: String,
     runs_url: String,
-    runs_path: String,
     auth: String,
     /// The headers of a create or complete request, for [`http1::Conn::send`].
     headers: [String; 2],
@@ -401,8 +401,7 @@ impl Api {
             http,
             addr: server.addr,
             create_path: format!("/v1/actions/{ACTION}/runs"),
-            runs_url: server.url("/v1/actions/runs"),
-            runs_path: "/v1/actions/runs".into(),
+            runs_url: server.url(RUNS_PATH),
             auth: format!("Bearer {token}"),
             headers: [
                 format!("authorization: Bearer {token}"),
@@ -458,7 +457,7 @@ impl Api {
     }
 
     async fn complete(&self, conn: &mut Conn, id: &str) -> Result<(), String> {
-        let path = format!("{}/{id}", self.runs_path);
+        let path = format!("{RUNS_PATH}/{id}");
         self.send(conn, "PATCH", &path, COMPLETE_BODY)
             .await
             .map(drop)
