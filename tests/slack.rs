@@ -230,17 +230,8 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let replies: Vec<String> = calls
-        .iter()
-        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
-        .skip(1)
-        .map(|c| {
-            assert_eq!(c.body["thread_ts"], card_ts);
-            assert_eq!(c.body["channel"], "C123");
-            c.body["blocks"].to_string()
-        })
-        .collect();
-    let thread = replies.join("\n");
+    let (card, thread) = common::card_thread(&calls, "C123");
+    assert_eq!(card, card_ts);
     common::assert_in_order(
         &thread,
         &[
@@ -886,21 +877,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
     let calls = fake
         .calls_when(|calls| mentions(calls, "your run ended"))
         .await;
-    let at = calls
-        .iter()
-        .position(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
-        .expect("a run card");
-    let card_ts = common::slack_ts(at);
-    let replies: Vec<String> = calls
-        .iter()
-        .skip(at + 1)
-        .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "C123")
-        .map(|c| {
-            assert_eq!(c.body["thread_ts"], card_ts, "{:?}", c.body);
-            c.body["blocks"].to_string()
-        })
-        .collect();
-    let thread = replies.join("\n");
+    let (card_ts, thread) = common::card_thread(&calls, "C123");
     common::assert_in_order(
         &thread,
         &[

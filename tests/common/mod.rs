@@ -612,6 +612,27 @@ impl FakeSlack {
     }
 }
 
+/// The `ts` of the run card posted first in `channel`, and the replies posted after it there as
+/// one text, a line each; every reply must be in the card's thread.
+pub fn card_thread(calls: &[SlackCall], channel: &str) -> (String, String) {
+    let posted_here =
+        |c: &&SlackCall| c.method == "chat.postMessage" && c.body["channel"] == channel;
+    let at = calls
+        .iter()
+        .position(|c| posted_here(&c))
+        .expect("a run card");
+    let card_ts = slack_ts(at);
+    let replies: Vec<String> = calls[at + 1..]
+        .iter()
+        .filter(posted_here)
+        .map(|c| {
+            assert_eq!(c.body["thread_ts"], card_ts, "{:?}", c.body);
+            c.body["blocks"].to_string()
+        })
+        .collect();
+    (card_ts, replies.join("\n"))
+}
+
 /// Asserts that each of `expected` occurs in `text`, in this order.
 pub fn assert_in_order(text: &str, expected: &[&str]) {
     let mut at = 0;
