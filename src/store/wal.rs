@@ -3,8 +3,9 @@
 //! sled syncs its own log on every `apply_batch`, and its `flush` writes many small pages, which
 //! capped portbot at under 2,000 durable runs/s. So one writer thread does this instead:
 //!
-//! 1. It takes every change waiting at that moment (group commit), writes them to the log as
-//!    one record and calls `fdatasync` once.
+//! 1. It takes every change waiting at that moment (group commit; under load it first lets
+//!    them gather for a moment), writes them to the log as one record and calls `fdatasync`
+//!    once.
 //! 2. Only then are they applied, by the applier thread, in log order, to the in-memory layer in
 //!    front of sled (`memtable`), while the writer already logs the next group; then the
 //!    writers are told: their change is durable and visible. The drain thread writes frozen
@@ -38,6 +39,12 @@ use tokio::sync::oneshot;
 
 use super::memtable::{Drain, Tree, FREEZE_AFTER};
 use super::{StoreError, StoreResult};
+
+/// How long the writer lets changes gather before it logs a group, when the last group held
+/// more than one. A sync costs about the same CPU whatever it writes (50 µs here, most of it in
+/// the kernel), so under load fewer, larger groups leave more CPU for the requests; a lone change
+/// (a CLI user, a quiet chat) never waits. Measured in `docs/benchmarks.md` (2026-12-01, late).
+const GATHER_WHEN_BUSY: Duration = Duration::from_micros(200);
 
 /// One write to the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,6 +283,8 @@ impl Writer {
     /// Until the store is dropped: group, log, sync, hand to the applier; checkpoint between
     /// groups.
     fn run(&mut self, submitted: &mpsc::Receiver<Submitted>) {
+        // Whether the last group had company: then more changes are likely on their way.
+        let mut busy = false;
         loop {
             let first = match submitted.recv_timeout(self.checkpoint_every) {
                 Ok(first) => first,
@@ -285,8 +294,12 @@ impl Writer {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
+            if busy {
+                std::thread::sleep(GATHER_WHEN_BUSY);
+            }
             let mut group = vec![first];
             group.extend(submitted.try_iter());
+            busy = group.len() > 1;
             let ops: Vec<Op> = group
                 .iter_mut()
                 .flat_map(|(ops, _)| std::mem::take(ops))
