@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,7 +51,6 @@ async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, Strin
     let server = Server(
         Command::new(common::binary())
             .arg("serve")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("PORTBOT__STORAGE__CHECKPOINT_INTERVAL_MS", "600000")
             .env("PORTBOT__SERVER__BIND", addr.to_string())
             .env("PORTBOT__STORAGE__PATH", dir.join("db"))
@@ -58,6 +60,8 @@ async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, Strin
             .env("PORTBOT__BACKENDS__WEBHOOK__MAX_ATTEMPTS", "100")
             // The workers' deliveries too, to explain a message sent twice.
             .env("RUST_LOG", "info,portbot::app::worker=debug")
+            // After the defaults, so that a test may change them.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join(log)).unwrap())
             .spawn()
@@ -173,6 +177,62 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
             .starts_with("portbot stopped while the command was running"),
         "{logs:?}"
     );
+}
+
+/// With a checkpoint every 20 ms, the log's segments are reused all the time, so the kill leaves
+/// a segment whose file still holds, behind the newest records, older records of its earlier
+/// life. The restart must replay only the newest ones: an older copy of the run replayed after
+/// them would hide its latest log lines.
+#[tokio::test]
+async fn a_kill_while_log_segments_are_reused_loses_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = common::deployment(&[]);
+    let addr = free_addr();
+    let often = [("PORTBOT__STORAGE__CHECKPOINT_INTERVAL_MS", "20".to_owned())];
+    let server = start_with(dir.path(), addr, "first.log", &often).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let run = app
+        .run_id(
+            DEV,
+            "add-documentdb",
+            Some("mailer"),
+            json!({"instances": 1}),
+        )
+        .await;
+    // Which names each log file has had: a file seen under two segment names was reused.
+    let wal = dir.path().join("db.wal");
+    let mut names: HashMap<u64, HashSet<OsString>> = HashMap::new();
+    let expected: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
+    for line in &expected {
+        let (status, _) = app
+            .backend(
+                "POST",
+                &format!("/v1/actions/runs/{run}/logs"),
+                Some(json!({ "message": line })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        for entry in std::fs::read_dir(&wal).unwrap().flatten() {
+            if entry.path().extension() == Some("log".as_ref()) {
+                if let Ok(meta) = entry.metadata() {
+                    names
+                        .entry(meta.ino())
+                        .or_default()
+                        .insert(entry.file_name());
+                }
+            }
+        }
+    }
+    server.kill();
+    assert!(
+        names.values().any(|names| names.len() > 1),
+        "no log file was reused as a later segment: {names:?}"
+    );
+
+    let _server = start_with(dir.path(), addr, "second.log", &often).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    assert_eq!(app.log_lines(&run).await, expected);
+    assert_eq!(app.run(&run).await["status"], "WAITING_FOR_APPROVAL");
 }
 
 const SECRET: &str = "restart-signing-secret";

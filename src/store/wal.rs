@@ -22,14 +22,25 @@
 //! of that key's writes. One writer, switching segments only between groups, means every group
 //! in a segment below a checkpoint is wholly in sled before that checkpoint's flush starts.
 //!
-//! A record is `[len: u32][crc32: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
+//! A record is `[len: u32][crc: u32][ops]`, each op `[1][klen: u32][key][vlen: u32][value]` for
 //! an insert, `[2][klen: u32][key][vlen: u32][value]` for an insert that keeps a value already
 //! there, or `[0][klen: u32][key]` for a removal, all little-endian. Replaying any tail of the
 //! log in order gives the same state as applying it once: each key's last insert or removal
 //! decides, and a keeping insert after it decides the same way both times.
+//!
+//! A checkpoint does not delete a segment it no longer needs but keeps it as a spare
+//! (`<n>.free`, at most [`SPARES`]), and the next segment reuses it, written over from its
+//! start. Appending grows a file, so every sync must also journal the file's size (on ext4,
+//! 130 µs a sync here against 95 µs writing over blocks that exist, and a quarter more CPU).
+//! What a spare held before stays behind the new records, so `crc` is the CRC-32 of the
+//! segment's number (8 bytes, little-endian) and then the ops: a record left from the file's
+//! earlier life does not check as part of this segment and ends the replay, as a torn tail
+//! does. Records from before spares were kept have the CRC-32 of their ops alone, and still
+//! replay.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write as _};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -69,31 +80,62 @@ pub struct Wal {
     submit: mpsc::Sender<Submitted>,
 }
 
+/// How many segments the checkpoints keep for reuse; older ones are deleted.
+const SPARES: usize = 2;
+
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
     dir.join(format!("{segment:020}.log"))
 }
 
-fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+fn spare_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.free"))
+}
+
+/// The numbers of the files in `dir` named `<n><suffix>`, in order.
+fn numbered(dir: &Path, suffix: &str) -> std::io::Result<Vec<u64>> {
     let mut found: Vec<u64> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(suffix)?.parse().ok())
         .collect();
     found.sort_unstable();
     Ok(found)
 }
 
-/// A new, empty segment to append to. Its name is synced, so that it lasts as well as what is
-/// written under it.
+fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
+    numbered(dir, ".log")
+}
+
+/// The segment to write next, at its start: a spare renamed, or a new file. Its name is synced
+/// before anything is written under it, so that what is written lasts under this name (under a
+/// spare's old name, its records would not check).
 fn open_segment(dir: &Path, segment: u64) -> std::io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, segment))?;
+    let path = segment_path(dir, segment);
+    let reused = numbered(dir, ".free")?
+        .into_iter()
+        .any(|spare| std::fs::rename(spare_path(dir, spare), &path).is_ok());
+    let file = OpenOptions::new().create(!reused).write(true).open(path)?;
     File::open(dir)?.sync_all()?;
     Ok(file)
 }
 
-fn encode(ops: &[Op], out: &mut Vec<u8>) {
+/// Keeps a segment no longer needed as a spare, or deletes it when there are enough.
+fn retire_segment(dir: &Path, segment: u64) -> std::io::Result<()> {
+    let path = segment_path(dir, segment);
+    match numbered(dir, ".free")?.len() < SPARES {
+        true => std::fs::rename(path, spare_path(dir, segment)),
+        false => std::fs::remove_file(path),
+    }
+}
+
+/// The check of a record's ops in segment `segment`.
+fn record_crc(segment: u64, body: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&segment.to_le_bytes());
+    crc.update(body);
+    crc.finalize()
+}
+
+fn encode(segment: u64, ops: &[Op], out: &mut Vec<u8>) {
     let mut body = Vec::new();
     for (key, write) in ops {
         let (kind, value) = match write {
@@ -110,12 +152,13 @@ fn encode(ops: &[Op], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&record_crc(segment, &body).to_le_bytes());
     out.extend_from_slice(&body);
 }
 
-/// The records of a segment; stops at the first incomplete or corrupt one (a torn tail).
-fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
+/// The records of segment `segment`; stops at the first incomplete or corrupt one (a torn tail,
+/// or what a reused file held before).
+fn decode(segment: u64, bytes: &[u8]) -> Vec<Vec<Op>> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, tail) = (bytes.get(..n)?, bytes.get(n..)?);
         *bytes = tail;
@@ -155,7 +198,9 @@ fn decode(bytes: &[u8]) -> Vec<Vec<Op>> {
         let Some(body) = take(&mut rest, len) else {
             break;
         };
-        if crc32fast::hash(body) != crc as u32 {
+        let crc = crc as u32;
+        // The second form: a record from before segments were reused (see the module's doc).
+        if crc != record_crc(segment, body) && crc != crc32fast::hash(body) {
             break;
         }
         match record(body) {
@@ -184,6 +229,8 @@ struct Writer {
     dir: PathBuf,
     file: File,
     segment: u64,
+    /// Where the next record goes in `file`; what lies beyond is a spare's past, or nothing.
+    end: u64,
     checkpoint_every: Duration,
     last_checkpoint: Instant,
     /// Set while a checkpoint is drained and flushed; no new checkpoint starts until it is done.
@@ -203,7 +250,7 @@ impl Wal {
             File::open(segment_path(&dir, *segment))
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(io_error)?;
-            for ops in decode(&bytes) {
+            for ops in decode(*segment, &bytes) {
                 tree.apply(ops)?;
                 if let Some(drain) = tree.freeze_if_due(&mut None) {
                     tree.drain(&drain)?;
@@ -216,6 +263,8 @@ impl Wal {
         }
         tree.drain_all()?;
         tree.db().flush()?;
+        // Deleted, not kept as spares: they may hold records of the older format, whose
+        // check would not tell them from a reused segment's own.
         for segment in &left {
             std::fs::remove_file(segment_path(&dir, *segment)).map_err(io_error)?;
         }
@@ -242,6 +291,7 @@ impl Wal {
             file: open_segment(&dir, segment).map_err(io_error)?,
             dir,
             segment,
+            end: 0,
             checkpoint_every,
             last_checkpoint: Instant::now(),
             checkpointing,
@@ -322,8 +372,11 @@ impl Writer {
 
     fn log(&mut self, ops: &[Op]) -> StoreResult<()> {
         let mut record = Vec::new();
-        encode(ops, &mut record);
-        self.file.write_all(&record).map_err(io_error)?;
+        encode(self.segment, ops, &mut record);
+        self.file
+            .write_all_at(&record, self.end)
+            .map_err(io_error)?;
+        self.end += record.len() as u64;
         self.file.sync_data().map_err(io_error)
     }
 
@@ -336,7 +389,7 @@ impl Writer {
             return;
         }
         self.last_checkpoint = Instant::now();
-        if self.file.metadata().map(|m| m.len() == 0).unwrap_or(true) {
+        if self.end == 0 {
             return;
         }
         let next = self.segment + 1;
@@ -344,6 +397,7 @@ impl Writer {
             Ok(file) => {
                 self.file = file;
                 self.segment = next;
+                self.end = 0;
                 self.checkpointing.store(true, Ordering::Release);
                 let _ = self.applier.send(Logged::Checkpoint(next));
             }
@@ -402,13 +456,13 @@ fn drain_loop(tree: &Tree, dir: &Path, drain: &Drain, checkpointing: &AtomicBool
     }
 }
 
-/// Makes sled durable, then deletes the segments below `below`: every group in them was in sled
+/// Makes sled durable, then retires the segments below `below`: every group in them was in sled
 /// before this flush started.
 fn checkpoint(db: &sled::Db, dir: &Path, below: u64) -> StoreResult<()> {
     db.flush()?;
     for segment in segments(dir).map_err(io_error)? {
         if segment < below {
-            std::fs::remove_file(segment_path(dir, segment)).map_err(io_error)?;
+            retire_segment(dir, segment).map_err(io_error)?;
         }
     }
     Ok(())
@@ -426,24 +480,28 @@ mod tests {
             (b"c".to_vec(), Write::InsertIfAbsent(b"2".to_vec())),
         ];
         let mut bytes = Vec::new();
-        encode(&ops, &mut bytes);
-        encode(&ops[..1], &mut bytes);
+        encode(7, &ops, &mut bytes);
+        encode(7, &ops[..1], &mut bytes);
         let whole = bytes.len();
-        encode(&ops, &mut bytes);
-        assert_eq!(decode(&bytes).len(), 3);
+        encode(7, &ops, &mut bytes);
+        assert_eq!(decode(7, &bytes).len(), 3);
         let mut zero_tail = bytes.clone();
         zero_tail.resize(bytes.len() + 4096, 0);
         assert_eq!(
-            decode(&zero_tail).len(),
+            decode(7, &zero_tail).len(),
             3,
             "the zeros after the records end them"
         );
         assert_eq!(
-            decode(&bytes[..whole + 5]),
+            decode(7, &bytes[..whole + 5]),
             vec![ops.clone(), ops[..1].to_vec()]
         );
         bytes[whole + 9] ^= 0xff;
-        assert_eq!(decode(&bytes).len(), 2, "a corrupt record ends the replay");
+        assert_eq!(
+            decode(7, &bytes).len(),
+            2,
+            "a corrupt record ends the replay"
+        );
     }
 
     #[test]
@@ -467,7 +525,7 @@ mod tests {
             let log = dir.path().join("wal");
             std::fs::create_dir_all(&log).unwrap();
             let mut bytes = Vec::new();
-            encode(&ops, &mut bytes);
+            encode(0, &ops, &mut bytes);
             std::fs::write(segment_path(&log, 0), bytes).unwrap();
             let _wal = Wal::open(&tree, log, Duration::from_secs(60)).unwrap();
             assert_eq!(
@@ -476,5 +534,58 @@ mod tests {
                 "after {applied} ops"
             );
         }
+    }
+
+    #[test]
+    fn a_reused_segment_replays_only_its_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = |n: u32| vec![(b"k".to_vec(), Write::Insert(n.to_string().into_bytes()))];
+        // Segment 3's life: many records, the last of them k = 100.
+        let mut bytes = Vec::new();
+        for n in 1..=100 {
+            encode(3, &old(n), &mut bytes);
+        }
+        std::fs::write(segment_path(dir.path(), 3), &bytes).unwrap();
+        retire_segment(dir.path(), 3).unwrap();
+        assert_eq!(numbered(dir.path(), ".free").unwrap(), vec![3]);
+
+        // Segment 4 reuses that file and writes one short record over its start.
+        let file = open_segment(dir.path(), 4).unwrap();
+        assert!(numbered(dir.path(), ".free").unwrap().is_empty());
+        let mut record = Vec::new();
+        encode(4, &old(500), &mut record);
+        file.write_all_at(&record, 0).unwrap();
+        let on_disk = std::fs::read(segment_path(dir.path(), 4)).unwrap();
+        assert_eq!(on_disk.len(), bytes.len(), "written over, not truncated");
+        assert_eq!(
+            decode(4, &on_disk),
+            vec![old(500)],
+            "segment 3's records left behind end the replay"
+        );
+    }
+
+    #[test]
+    fn records_from_before_segments_were_reused_still_replay() {
+        let ops: Vec<Op> = vec![(b"a".to_vec(), Write::Insert(b"1".to_vec()))];
+        let mut body = Vec::new();
+        encode(0, &ops, &mut body);
+        // The older format: the CRC of the ops alone, whatever the segment.
+        let ops_bytes = body[8..].to_vec();
+        let mut legacy = Vec::new();
+        legacy.extend_from_slice(&(ops_bytes.len() as u32).to_le_bytes());
+        legacy.extend_from_slice(&crc32fast::hash(&ops_bytes).to_le_bytes());
+        legacy.extend_from_slice(&ops_bytes);
+        assert_eq!(decode(12, &legacy), vec![ops]);
+    }
+
+    #[test]
+    fn checkpoints_keep_at_most_two_spares() {
+        let dir = tempfile::tempdir().unwrap();
+        for segment in 0..5 {
+            std::fs::write(segment_path(dir.path(), segment), b"x").unwrap();
+            retire_segment(dir.path(), segment).unwrap();
+        }
+        assert_eq!(numbered(dir.path(), ".free").unwrap(), vec![0, 1]);
+        assert!(segments(dir.path()).unwrap().is_empty());
     }
 }
