@@ -12,7 +12,8 @@
 //!    layers to sled (sled's own syncs are not needed).
 //! 3. Every checkpoint interval, between groups, it starts a new log segment and tells the
 //!    applier, which freezes everything applied so far; once the drain thread has written that
-//!    to sled, it flushes sled and deletes the older segments. Writing goes on meanwhile.
+//!    to sled, it flushes sled and retires the older segments (kept as spares, see below).
+//!    Writing goes on meanwhile.
 //! 4. At start, [`Wal::open`] replays the segments a crash left, in order, into sled. A record
 //!    whose write was torn was never confirmed to anyone and is ignored.
 //!
