@@ -12,12 +12,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// its `mimalloc.h`); libmimalloc-sys names no constant for it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// How long freed memory stays with the process before mimalloc gives it back, in ms.
-const PURGE_DELAY_MS: std::ffi::c_long = 10;
+const PURGE_DELAY_MS: std::ffi::c_long = 50;
 
-/// Has mimalloc give freed memory back to the system after 10 ms instead of its default 1 s.
+/// Has mimalloc give freed memory back to the system after 50 ms instead of its default 1 s.
 /// Under load, a second's worth of freed request buffers and store pages is tens of MiB: with
-/// 100k runs stored the server held 82-101 MiB at 1 s and 66-74 MiB at 10 ms, at a throughput
-/// the benchmark's noise could not tell apart (README, "Decisions worth knowing"). `MIMALLOC_PURGE_DELAY` in
+/// 100k runs stored the server held 82-101 MiB at 1 s. At 10 ms it held 66-74 MiB, but memory
+/// given back that soon is soon faulted in again: at 50 ms a created and completed run took
+/// 141-143 µs of server CPU against 170-171 µs at 10 ms (peak 76-80 MiB; README, "Decisions
+/// worth knowing"). `MIMALLOC_PURGE_DELAY` in
 /// the environment still decides, when it is set. Call it first thing in `main`.
 pub fn purge_freed_memory_sooner() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
