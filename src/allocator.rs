@@ -18,8 +18,8 @@ const PURGE_DELAY_MS: std::ffi::c_long = 50;
 /// Under load, a second's worth of freed request buffers and store pages is tens of MiB: with
 /// 100k runs stored the server held 82-101 MiB at 1 s. At 10 ms it held 66-74 MiB, but memory
 /// given back that soon is soon faulted in again: at 50 ms a created and completed run took
-/// 141-143 µs of server CPU against 170-171 µs at 10 ms (peak 76-80 MiB; README, "Decisions
-/// worth knowing"). `MIMALLOC_PURGE_DELAY` in
+/// about a tenth less server CPU (in five of six pairs run in turns) and a third fewer page
+/// faults, with a peak of 76-80 MiB (README, "Decisions worth knowing"). `MIMALLOC_PURGE_DELAY` in
 /// the environment still decides, when it is set. Call it first thing in `main`.
 pub fn purge_freed_memory_sooner() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
