@@ -311,7 +311,7 @@ async fn lost_answers_and_outages_are_retried_and_a_lasting_outage_fails_with_th
     let kept = format!(
         "pull request https://github.example/{REPO}/pull/1 was opened by an earlier attempt; kept"
     );
-    app.wait_for_log(&run, |l| l.ends_with(&kept)).await;
+    app.assert_logged(&run, |l| l.ends_with(&kept)).await;
 
     // An outage that does not end: the run fails with the reason.
     fake.down.store(true, std::sync::atomic::Ordering::SeqCst);

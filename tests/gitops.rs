@@ -104,7 +104,7 @@ async fn create_day2_and_delete_runs_change_one_file_through_reviewed_branches()
     hcl::parse(&tf).expect("the committed file parses");
     terraform_fmt_check(&tf);
     let pushed = format!("pushed branch {branch} (");
-    app.wait_for_log(&first, |l| l.starts_with(&pushed)).await;
+    app.assert_logged(&first, |l| l.starts_with(&pushed)).await;
 
     // A merge, seen by polling, ends the run and updates the catalog once.
     repo.merge(&branch);

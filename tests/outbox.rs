@@ -34,8 +34,7 @@ async fn open(dir: &std::path::Path) -> App {
 fn up_to(seq: u64) -> Delivery {
     Delivery {
         seq,
-        note: None,
-        reference: None,
+        ..Delivery::default()
     }
 }
 

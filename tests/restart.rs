@@ -604,9 +604,8 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
         1,
         "the commit was made once and kept"
     );
-    // The note is recorded just after the link (a race seen once on a fresh clone).
     let branch = format!("branch portbot/{run} (");
-    app.wait_for_log(&run, |l| {
+    app.assert_logged(&run, |l| {
         l.starts_with(&branch)
             && l.contains("was made by an earlier attempt; kept; opened pull request")
     })

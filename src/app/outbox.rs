@@ -110,13 +110,17 @@ impl App {
         let mut change = Change::default();
         let mut current = self.run(run)?;
         let stored_last = current.last_seq;
-        let mut staged = Vec::new();
+        // A run that ended meanwhile takes no more changes; the delivery still counts.
+        let mut kinds = current
+            .update(delivery.status_label, delivery.link, None)
+            .unwrap_or_default();
         if let Some(note) = delivery.note {
-            // A run that ended meanwhile takes no more log lines; the delivery still counts.
-            if let Ok(kinds) = current.log(note) {
-                staged = self.stage(&mut current, kinds, &mut change);
-            }
+            kinds.extend(current.log(note).unwrap_or_default());
         }
+        let staged = match kinds.is_empty() {
+            true => Vec::new(),
+            false => self.stage(&mut current, kinds, &mut change),
+        };
         if let Some(reference) = &delivery.reference {
             change.set_reference(consumer, run, reference);
         }
@@ -145,11 +149,16 @@ pub struct Pending {
 }
 
 /// A delivery to record.
+#[derive(Default)]
 pub struct Delivery {
     /// The last event delivered.
     pub seq: u64,
     /// A log line for the run: what the delivery achieved ("webhook delivered").
     pub note: Option<String>,
+    /// The run's new label and link, set in the same change as the note (a GITOPS pull
+    /// request, "awaiting merge").
+    pub status_label: Option<String>,
+    pub link: Option<String>,
     /// Replaces the consumer's reference for the run.
     pub reference: Option<Value>,
 }

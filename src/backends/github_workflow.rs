@@ -28,7 +28,7 @@ pub(super) async fn invoke(
     workflow: &WorkflowInvocation,
 ) -> Outcome {
     match dispatch(dispatcher, run, action, workflow).await {
-        Ok(note) => Ok(Some(note)),
+        Ok(note) => Ok(Some(note.into())),
         Err(reason) => dispatcher.end(&run.id, reason, RunStatus::Failure).await,
     }
 }

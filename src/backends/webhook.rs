@@ -282,9 +282,9 @@ async fn finish(
                 )
                 .await
         }
-        (true, false) => Ok(Some(format!(
-            "webhook delivered (HTTP {code}); waiting for the backend to report"
-        ))),
+        (true, false) => Ok(Some(
+            format!("webhook delivered (HTTP {code}); waiting for the backend to report").into(),
+        )),
         (false, _) => {
             dispatcher
                 .end(

@@ -232,19 +232,14 @@ impl TestApp {
         panic!("run {id} never got a link: {}", self.run(id).await);
     }
 
-    /// Waits (up to 20 s) until a log line of the run matches; returns the lines. A backend's
-    /// note on what it did is recorded just after the run's link, so it may come a moment later.
-    pub async fn wait_for_log(&self, id: &str, wanted: impl Fn(&str) -> bool) -> Vec<String> {
-        for _ in 0..200 {
-            let lines = self.log_lines(id).await;
-            if lines.iter().any(|l| wanted(l)) {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "run {id} never logged the line: {:?}",
-            self.log_lines(id).await
+    /// Asserts, reading the log once, that a line of the run matches. Right after the run's link
+    /// appears is a fair moment: a backend's note on what it did is recorded in the same change
+    /// as the link.
+    pub async fn assert_logged(&self, id: &str, wanted: impl Fn(&str) -> bool) {
+        let lines = self.log_lines(id).await;
+        assert!(
+            lines.iter().any(|l| wanted(l)),
+            "run {id} has not logged the line: {lines:?}"
         );
     }
 

@@ -104,18 +104,12 @@ pub(super) async fn invoke(
         Provider::GitHub { repo } => github::publish(dispatcher, repo, run, gitops, &files).await,
     };
     match published {
-        Ok(published) => {
-            let patch = crate::app::RunPatch {
-                link: Some(published.link),
-                status_label: Some("awaiting merge".into()),
-                ..Default::default()
-            };
-            // A run that ended meanwhile (cancelled) keeps its end.
-            if let Err(error) = dispatcher.app.update_run(&run.id, patch).await {
-                tracing::debug!(run = %run.id, %error, "link not recorded");
-            }
-            Ok(Some(published.note))
-        }
+        // Recorded with the delivery; a run that ended meanwhile (cancelled) keeps its end.
+        Ok(published) => Ok(Some(super::Taken {
+            note: published.note,
+            status_label: Some("awaiting merge".into()),
+            link: Some(published.link),
+        })),
         Err(reason) => dispatcher.end(&run.id, reason, RunStatus::Failure).await,
     }
 }
