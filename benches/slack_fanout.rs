@@ -144,13 +144,19 @@ async fn main() {
         let (app, id) = (app.clone(), id.clone());
         tasks.push(tokio::spawn(async move {
             for l in 0..lines {
-                app.append_log(&id, format!("run {r} line {l}"), None, None)
+                app.append_log(&id, format!("run {r} line {l}"), None, None, None)
                     .await
                     .unwrap();
             }
-            app.append_log(&id, format!("run {r} done"), Some(RunStatus::Success), None)
-                .await
-                .unwrap();
+            app.append_log(
+                &id,
+                format!("run {r} done"),
+                Some(RunStatus::Success),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
         }));
     }
     for task in tasks {

@@ -386,6 +386,10 @@ async fn workflows_are_dispatched_with_the_run_and_their_conclusion_ends_it() {
         (current["link"].as_str(), current["status"].as_str()),
         (Some(url), Some("IN_PROGRESS"))
     );
+    // The line that reports the link is there with it. (The event is handled before GitHub's
+    // request is answered, so this cannot tell one change from two.)
+    app.assert_logged(&run, |l| l == format!("workflow run {url}"))
+        .await;
     workflow_run["status"] = json!("completed");
     workflow_run["conclusion"] = json!("success");
     send_event(

@@ -130,7 +130,7 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
         .is_empty());
 
     // A new event makes the run due again, with only that event pending.
-    app.append_log(&first, "c".into(), None, None)
+    app.append_log(&first, "c".into(), None, None, None)
         .await
         .unwrap();
     assert_eq!(app.outbox_due("chat").unwrap(), vec![first.clone()]);

@@ -234,6 +234,7 @@ pub async fn add_log(
             body.message,
             body.termination_status,
             body.status_label,
+            None,
         )
         .await?;
     run_reply(&run)

@@ -279,16 +279,18 @@ impl App {
     }
 
     /// Appends a log line; with `termination` the run also ends (Port's `terminationStatus`).
+    /// A new label and link (what a backend's report points at) come in the same change.
     pub async fn append_log(
         &self,
         id: &RunId,
         message: String,
         termination: Option<RunStatus>,
         status_label: Option<String>,
+        link: Option<String>,
     ) -> Result<Run, AppError> {
         self.mutate_run(id, |_, run| {
             let mut kinds = run.log(message)?;
-            kinds.extend(run.update(status_label, None, None)?);
+            kinds.extend(run.update(status_label, link, None)?);
             if let Some(status) = termination {
                 kinds.extend(run.finish(status, Utc::now())?);
             }

@@ -215,14 +215,18 @@ impl Dispatcher {
 
     /// A log line on the run. A run that ended meanwhile refuses it, which is fine.
     async fn log(&self, run: &RunId, message: String) {
-        if let Err(error) = self.app.append_log(run, message, None, None).await {
+        if let Err(error) = self.app.append_log(run, message, None, None, None).await {
             tracing::debug!(run = %run, %error, "log line not recorded");
         }
     }
 
     /// Ends the run with a final log line, unless it has ended already.
     async fn end(&self, run: &RunId, message: String, status: RunStatus) -> Outcome {
-        match self.app.append_log(run, message, Some(status), None).await {
+        match self
+            .app
+            .append_log(run, message, Some(status), None, None)
+            .await
+        {
             Ok(_) | Err(AppError::Run(_)) => Ok(None),
             Err(other) => Err(other),
         }

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use super::{github_workflow, gitops, Dispatcher};
-use crate::app::{App, AppError, RunPatch};
+use crate::app::{App, AppError};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
 use crate::core::run::{EventKind, RunError, RunStatus};
@@ -51,8 +51,14 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
         .map(|a| a.invocation.clone());
     let result = match (invocation, observation) {
         (Ok(Invocation::Gitops(_)), Observation::Merged(how)) => {
-            app.append_log(id, how, Some(RunStatus::Success), Some("merged".into()))
-                .await
+            app.append_log(
+                id,
+                how,
+                Some(RunStatus::Success),
+                Some("merged".into()),
+                None,
+            )
+            .await
         }
         (Ok(Invocation::Gitops(_)), Observation::Closed(how)) => {
             app.append_log(
@@ -60,6 +66,7 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
                 how,
                 Some(RunStatus::Failure),
                 Some("closed unmerged".into()),
+                None,
             )
             .await
         }
@@ -84,7 +91,7 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
             if logged {
                 return Ok(());
             }
-            app.append_log(id, line, None, Some(format!("{name}: {outcome}")))
+            app.append_log(id, line, None, Some(format!("{name}: {outcome}")), None)
                 .await
         }
         (
@@ -96,13 +103,8 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
             },
         ) if w.report_status => {
             if run.link.as_deref() != Some(url.as_str()) {
-                let patch = RunPatch {
-                    link: Some(url.clone()),
-                    status_label: Some(status.clone()),
-                    ..Default::default()
-                };
-                app.update_run(id, patch).await?;
-                app.append_log(id, format!("workflow run {url}"), None, None)
+                let line = format!("workflow run {url}");
+                app.append_log(id, line, None, Some(status.clone()), Some(url.clone()))
                     .await?;
             }
             match (status.as_str(), conclusion.as_deref()) {
@@ -112,6 +114,7 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
                         "the workflow run succeeded".into(),
                         Some(RunStatus::Success),
                         Some("success".into()),
+                        None,
                     )
                     .await
                 }
@@ -122,6 +125,7 @@ pub async fn conclude(app: &App, id: &RunId, observation: Observation) -> Result
                         format!("the workflow run ended: {conclusion}"),
                         Some(RunStatus::Failure),
                         Some(conclusion.to_owned()),
+                        None,
                     )
                     .await
                 }
