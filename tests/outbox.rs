@@ -34,7 +34,8 @@ async fn open(dir: &std::path::Path) -> App {
 fn up_to(seq: u64) -> Delivery {
     Delivery {
         seq,
-        ..Delivery::default()
+        note: None,
+        reference: None,
     }
 }
 

@@ -110,17 +110,19 @@ impl App {
         let mut change = Change::default();
         let mut current = self.run(run)?;
         let stored_last = current.last_seq;
-        // A run that ended meanwhile takes no more changes; the delivery still counts.
-        let mut kinds = current
-            .update(delivery.status_label, delivery.link, None)
-            .unwrap_or_default();
+        let mut staged = Vec::new();
         if let Some(note) = delivery.note {
-            kinds.extend(current.log(note).unwrap_or_default());
+            // A run that ended meanwhile takes no more changes; the delivery still counts.
+            let kinds = current
+                .update(note.status_label, note.link, None)
+                .and_then(|mut kinds| {
+                    kinds.extend(current.log(note.line)?);
+                    Ok(kinds)
+                });
+            if let Ok(kinds) = kinds {
+                staged = self.stage(&mut current, kinds, &mut change);
+            }
         }
-        let staged = match kinds.is_empty() {
-            true => Vec::new(),
-            false => self.stage(&mut current, kinds, &mut change),
-        };
         if let Some(reference) = &delivery.reference {
             change.set_reference(consumer, run, reference);
         }
@@ -149,16 +151,29 @@ pub struct Pending {
 }
 
 /// A delivery to record.
-#[derive(Default)]
 pub struct Delivery {
     /// The last event delivered.
     pub seq: u64,
-    /// A log line for the run: what the delivery achieved ("webhook delivered").
-    pub note: Option<String>,
-    /// The run's new label and link, set in the same change as the note (a GITOPS pull
-    /// request, "awaiting merge").
-    pub status_label: Option<String>,
-    pub link: Option<String>,
+    /// What the delivery achieved, for the run's log.
+    pub note: Option<DeliveryNote>,
     /// Replaces the consumer's reference for the run.
     pub reference: Option<Value>,
+}
+
+/// What a delivery adds to its run, in the same change as the delivery: a log line ("webhook
+/// delivered"), and the run's new label and link (a GITOPS pull request, "awaiting merge").
+pub struct DeliveryNote {
+    pub line: String,
+    pub status_label: Option<String>,
+    pub link: Option<String>,
+}
+
+impl From<String> for DeliveryNote {
+    fn from(line: String) -> DeliveryNote {
+        DeliveryNote {
+            line,
+            status_label: None,
+            link: None,
+        }
+    }
 }

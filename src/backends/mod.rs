@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::worker::{self, Deliver};
-use crate::app::{App, AppError, Consumer, Delivery, Pending};
+use crate::app::{App, AppError, Consumer, Delivery, DeliveryNote, Pending};
 use crate::config::{ApiClient, GithubSettings, WebhookSettings};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
@@ -35,27 +35,9 @@ pub use gitops::check_observation;
 pub(crate) use webhook::without_url;
 pub use webhook::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
-/// How an invocation went: `Ok(Some(taken))` when the backend took the run and will report on
-/// its own; what it says is recorded together with the delivery, in one change.
-type Outcome = Result<Option<Taken>, AppError>;
-
-/// What a backend that took a run has the delivery record: a log line, and for GITOPS the pull
-/// request as the run's link, with its label.
-struct Taken {
-    note: String,
-    status_label: Option<String>,
-    link: Option<String>,
-}
-
-impl From<String> for Taken {
-    fn from(note: String) -> Taken {
-        Taken {
-            note,
-            status_label: None,
-            link: None,
-        }
-    }
-}
+/// How an invocation went: `Ok(Some(note))` when the backend took the run and will report on its
+/// own; the note is recorded together with the delivery, in one change.
+type Outcome = Result<Option<DeliveryNote>, AppError>;
 
 /// The outbox consumer name of the dispatcher.
 pub const CONSUMER: &str = "backend";
@@ -125,25 +107,17 @@ impl Deliver for Dispatcher {
             .iter()
             .any(|e| matches!(e.kind, EventKind::Ended { .. }));
         // A run starts once; a run that ended before its start was delivered is not invoked.
-        let taken = match run.status.is_ended() {
+        let note = match run.status.is_ended() {
             true => None,
             false => self.invoke(&run).await?,
         };
         if ended {
             self.withdraw(&run).await;
         }
-        let delivery = match taken {
-            Some(taken) => Delivery {
-                seq: last,
-                note: Some(taken.note),
-                status_label: taken.status_label,
-                link: taken.link,
-                reference: None,
-            },
-            None => Delivery {
-                seq: last,
-                ..Delivery::default()
-            },
+        let delivery = Delivery {
+            seq: last,
+            note,
+            reference: None,
         };
         self.app.outbox_delivered(CONSUMER, id, delivery).await
     }

@@ -160,8 +160,8 @@ async fn record(
 ) -> Result<(), AppError> {
     let delivery = Delivery {
         seq,
+        note: None,
         reference,
-        ..Delivery::default()
     };
     app.outbox_delivered(consumer, id, delivery).await
 }

@@ -105,8 +105,8 @@ pub(super) async fn invoke(
     };
     match published {
         // Recorded with the delivery; a run that ended meanwhile (cancelled) keeps its end.
-        Ok(published) => Ok(Some(super::Taken {
-            note: published.note,
+        Ok(published) => Ok(Some(crate::app::DeliveryNote {
+            line: published.note,
             status_label: Some("awaiting merge".into()),
             link: Some(published.link),
         })),
