@@ -107,12 +107,16 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
     numbered(dir, ".log")
 }
 
+fn spares(dir: &Path) -> std::io::Result<Vec<u64>> {
+    numbered(dir, ".free")
+}
+
 /// The segment to write next, at its start: a spare renamed, or a new file. Its name is synced
 /// before anything is written under it, so that what is written lasts under this name (under a
 /// spare's old name, its records would not check).
 fn open_segment(dir: &Path, segment: u64) -> std::io::Result<File> {
     let path = segment_path(dir, segment);
-    let reused = numbered(dir, ".free")?
+    let reused = spares(dir)?
         .into_iter()
         .any(|spare| std::fs::rename(spare_path(dir, spare), &path).is_ok());
     let file = OpenOptions::new().create(!reused).write(true).open(path)?;
@@ -123,7 +127,7 @@ fn open_segment(dir: &Path, segment: u64) -> std::io::Result<File> {
 /// Keeps a segment no longer needed as a spare, or deletes it when there are enough.
 fn retire_segment(dir: &Path, segment: u64) -> std::io::Result<()> {
     let path = segment_path(dir, segment);
-    match numbered(dir, ".free")?.len() < SPARES {
+    match spares(dir)?.len() < SPARES {
         true => std::fs::rename(path, spare_path(dir, segment)),
         false => std::fs::remove_file(path),
     }
@@ -549,11 +553,11 @@ mod tests {
         }
         std::fs::write(segment_path(dir.path(), 3), &bytes).unwrap();
         retire_segment(dir.path(), 3).unwrap();
-        assert_eq!(numbered(dir.path(), ".free").unwrap(), vec![3]);
+        assert_eq!(spares(dir.path()).unwrap(), vec![3]);
 
         // Segment 4 reuses that file and writes one short record over its start.
         let file = open_segment(dir.path(), 4).unwrap();
-        assert!(numbered(dir.path(), ".free").unwrap().is_empty());
+        assert!(spares(dir.path()).unwrap().is_empty());
         let mut record = Vec::new();
         encode(4, &old(500), &mut record);
         file.write_all_at(&record, 0).unwrap();
@@ -569,10 +573,10 @@ mod tests {
     #[test]
     fn records_from_before_segments_were_reused_still_replay() {
         let ops: Vec<Op> = vec![(b"a".to_vec(), Write::Insert(b"1".to_vec()))];
-        let mut body = Vec::new();
-        encode(0, &ops, &mut body);
+        let mut record = Vec::new();
+        encode(0, &ops, &mut record);
         // The older format: the CRC of the ops alone, whatever the segment.
-        let ops_bytes = body[8..].to_vec();
+        let ops_bytes = record[8..].to_vec();
         let mut legacy = Vec::new();
         legacy.extend_from_slice(&(ops_bytes.len() as u32).to_le_bytes());
         legacy.extend_from_slice(&crc32fast::hash(&ops_bytes).to_le_bytes());
@@ -587,7 +591,7 @@ mod tests {
             std::fs::write(segment_path(dir.path(), segment), b"x").unwrap();
             retire_segment(dir.path(), segment).unwrap();
         }
-        assert_eq!(numbered(dir.path(), ".free").unwrap(), vec![0, 1]);
+        assert_eq!(spares(dir.path()).unwrap(), vec![0, 1]);
         assert!(segments(dir.path()).unwrap().is_empty());
     }
 }
