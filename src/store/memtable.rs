@@ -6,7 +6,8 @@
 //! layer), which readers see at once. Every [`FREEZE_AFTER`], or sooner when it grows large,
 //! the active layer is *frozen* and handed to the drain thread, which writes it to sled in key
 //! order: a key written many times in that window costs sled one write, and a key set and
-//! removed in it costs none.
+//! removed in it costs none. Keys of a [`Merging`] group (a run's events) that reach sled in the
+//! same drain are written as one key, the last, holding all their values.
 //!
 //! Readers look in the active layer, then the frozen one, then sled; a removal is kept in a
 //! layer as a tombstone until it reaches sled. A frozen layer is dropped only after all of it is
@@ -59,6 +60,17 @@ pub struct Tree {
     db: sled::Db,
     layers: RwLock<Layers>,
     chunking: Chunking,
+    merging: Option<Merging>,
+}
+
+/// Keys that may reach sled many as one: keys of a *group* (sharing a prefix), each written once
+/// and never removed, whose readers read a group from a key on and accept that a key also holds
+/// the values of the group's keys before it, even ones sled still has on their own.
+pub struct Merging {
+    /// For a key of a merged family, the length of its group's prefix (`ev/<run>/`).
+    pub group: fn(&[u8]) -> Option<usize>,
+    /// One value holding these values of a group's keys, given in key order.
+    pub merge: fn(&[&[u8]]) -> Vec<u8>,
 }
 
 /// A frozen layer for the drain thread, and the checkpoint to make once it is in sled.
@@ -71,13 +83,15 @@ pub struct Drain {
 pub type Entries<'a> = Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>> + 'a>;
 
 impl Tree {
-    /// The store's tree over `db`, whose index entries `chunking` names (see `chunks`). Entries
-    /// a store from before chunks kept as keys of their own are moved into chunks first.
-    pub fn open(db: sled::Db, chunking: Chunking) -> sled::Result<Tree> {
+    /// The store's tree over `db`, whose index entries `chunking` names (see `chunks`), and whose
+    /// groups `merging` names. Entries a store from before chunks kept as keys of their own are
+    /// moved into chunks first.
+    pub fn open(db: sled::Db, chunking: Chunking, merging: Option<Merging>) -> sled::Result<Tree> {
         let tree = Tree {
             db,
             layers: RwLock::default(),
             chunking,
+            merging,
         };
         tree.chunk_loose_entries()?;
         Ok(tree)
@@ -299,11 +313,14 @@ impl Tree {
         Ok(())
     }
 
-    /// Writes a layer to sled in key order, each changed chunk once. Only one thread at a time
-    /// writes sled (the drain thread, or the opening one before it starts), so a chunk does not
-    /// change between its read and its write.
+    /// Writes a layer to sled in key order, each changed chunk once, and each run of a group's
+    /// keys as one. Only one thread at a time writes sled (the drain thread, or the opening one
+    /// before it starts), so a chunk does not change between its read and its write.
     fn write_to_sled(&self, layer: &Layer) -> sled::Result<()> {
         let mut changed_chunks = BTreeMap::<Vec<u8>, Vec<(&[u8], &Option<IVec>)>>::new();
+        // Consecutive keys of one group, written once the group ends.
+        let mut grouped = Vec::<(&[u8], &IVec)>::new();
+        let mut group: &[u8] = &[];
         for (key, value) in layer {
             if let Some((chunk, entry)) = self.chunking.locate(key) {
                 changed_chunks
@@ -312,11 +329,22 @@ impl Tree {
                     .push((&key[entry..], value));
                 continue;
             }
+            if let Some((prefix, value)) = self.grouped(key, value) {
+                if prefix != group {
+                    self.write_group(&mut grouped)?;
+                    group = prefix;
+                }
+                grouped.push((key, value));
+                continue;
+            }
+            self.write_group(&mut grouped)?;
+            group = &[];
             match value {
                 Some(value) => self.db.insert(key.as_slice(), value.clone())?,
                 None => self.db.remove(key.as_slice())?,
             };
         }
+        self.write_group(&mut grouped)?;
         for (key, writes) in changed_chunks {
             let chunk = self.db.get(&key)?;
             match chunks::update(chunk.as_deref(), writes)? {
@@ -324,6 +352,34 @@ impl Tree {
                 None => self.db.remove(key)?,
             };
         }
+        Ok(())
+    }
+
+    /// The group prefix of a key `merging` names, with the value written (removals are not
+    /// merged).
+    fn grouped<'k>(&self, key: &'k [u8], value: &'k Option<IVec>) -> Option<(&'k [u8], &'k IVec)> {
+        let prefix = (self.merging.as_ref()?.group)(key)?;
+        Some((&key[..prefix], value.as_ref()?))
+    }
+
+    /// Writes the keys of one group as one: the last key, holding all their values.
+    fn write_group(&self, grouped: &mut Vec<(&[u8], &IVec)>) -> sled::Result<()> {
+        match grouped.as_slice() {
+            [] => {}
+            [(key, value)] => {
+                self.db.insert(*key, (*value).clone())?;
+            }
+            [.., (last, _)] => {
+                let values: Vec<&[u8]> = grouped.iter().map(|(_, value)| value.as_ref()).collect();
+                let merge = self
+                    .merging
+                    .as_ref()
+                    .expect("only merged keys are grouped")
+                    .merge;
+                self.db.insert(*last, merge(&values))?;
+            }
+        }
+        grouped.clear();
         Ok(())
     }
 }
@@ -420,7 +476,7 @@ mod tests {
     #[test]
     fn reads_see_every_layer_and_the_latest_write_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS).unwrap();
+        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS, None).unwrap();
         tree.db.insert("a/1", "sled").unwrap();
         tree.db.insert("a/2", "sled").unwrap();
         tree.db.insert("a/4", "sled").unwrap();
@@ -461,7 +517,7 @@ mod tests {
     #[test]
     fn insert_if_absent_sees_every_layer() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS).unwrap();
+        let tree = Tree::open(sled::open(dir.path()).unwrap(), chunks::NO_CHUNKS, None).unwrap();
         tree.db.insert("s", "sled").unwrap();
         let keep = |k: &str| {
             (
@@ -498,7 +554,7 @@ mod tests {
             db.insert(key, key).unwrap();
         }
         db.insert("other", "x").unwrap();
-        let tree = Tree::open(db, CHUNKED).unwrap();
+        let tree = Tree::open(db, CHUNKED, None).unwrap();
         let keys: Vec<_> = tree.db.iter().keys().map(|k| k.unwrap().to_vec()).collect();
         assert_eq!(keys, [&b"ix/k/1"[..], b"ix/k/2", b"other"]);
         let all = |tree: &Tree| scan(tree, "k/", false);
@@ -557,7 +613,7 @@ mod tests {
                 true => CHUNKED,
                 false => chunks::NO_CHUNKS,
             };
-            let tree = Tree::open(db, chunking).unwrap();
+            let tree = Tree::open(db, chunking, None).unwrap();
             let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
             let mut frozen = None;
             let key = |k: u8| format!("k/{k:02}").into_bytes();

@@ -12,7 +12,7 @@
 //! | key                       | value                                    |
 //! |---------------------------|------------------------------------------|
 //! | `run/<run>`               | the run (JSON)                           |
-//! | `ev/<run>/<seq>`          | the events of one change, the last `<seq>` (JSON: one event, or an array of them) |
+//! | `ev/<run>/<seq>`          | events up to `<seq>`, the last one's (JSON: one event, or an array of them): one change's, or several changes' that reached sled together |
 //! | `active/<run>`            | the run's action id; the run has not ended |
 //! | `due/<consumer>/<run>`    | the run has events to deliver, from this seq on (8 bytes; empty in stores before that: see `cur/`) |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event, as stores before due marks held a seq wrote it |
@@ -23,7 +23,9 @@
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
 //!
 //! These are the keys the store reads and writes. In sled, `active/` and `due/` entries live
-//! in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is per key.
+//! in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is per key; for
+//! the same reason a run's `ev/` keys that reach sled in the same drain become one (`memtable`'s
+//! [`Merging`]), so a reader of events takes a key to hold any events before its own too.
 
 mod chunks;
 mod memtable;
@@ -40,7 +42,7 @@ use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
 use chunks::Chunking;
-use memtable::Tree;
+use memtable::{Merging, Tree};
 use wal::{Wal, Write};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,42 @@ fn index_family(key: &[u8]) -> Option<usize> {
     let consumer_and_run = key.strip_prefix(b"due/")?;
     let consumer = consumer_and_run.iter().position(|&b| b == b'/')?;
     Some(b"due/".len() + consumer + 1)
+}
+
+/// A run's `ev/` keys, which reach sled merged: a group is one run's events.
+const EVENT_MERGING: Merging = Merging {
+    group: event_group,
+    merge: merge_events,
+};
+
+/// `ev/<run>/` of `ev/<run>/<seq>`.
+fn event_group(key: &[u8]) -> Option<usize> {
+    let prefix = key.len().checked_sub(8)?;
+    let named = prefix > b"ev/".len() && key.starts_with(b"ev/") && key[prefix - 1] == b'/';
+    named.then_some(prefix)
+}
+
+/// One `ev/` value holding the events of `values`, each one event or an array of them, in
+/// order. Joined as text: the values are the store's own compact JSON.
+fn merge_events(values: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.iter().map(|v| v.len() + 1).sum::<usize>() + 1);
+    out.push(b'[');
+    for value in values {
+        let value = value.trim_ascii();
+        let events = match value.strip_prefix(b"[").and_then(|v| v.strip_suffix(b"]")) {
+            Some(array) => array.trim_ascii(),
+            None => value,
+        };
+        if events.is_empty() {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(events);
+    }
+    out.push(b']');
+    out
 }
 
 fn run_key(id: &RunId) -> Vec<u8> {
@@ -248,7 +286,7 @@ impl Store {
             .open()?;
         let mut wal_dir = path.as_os_str().to_owned();
         wal_dir.push(".wal");
-        let tree = Arc::new(Tree::open(db, INDEX_CHUNKS)?);
+        let tree = Arc::new(Tree::open(db, INDEX_CHUNKS, Some(EVENT_MERGING))?);
         Ok(Store {
             wal: Arc::new(Wal::open(&tree, wal_dir.into(), checkpoint_every)?),
             tree,
@@ -344,12 +382,17 @@ impl Store {
             }
         }
         // A key names the last event it holds, so the first key at or past `after + 1` may
-        // hold earlier events too.
+        // hold earlier events too. Merged keys may also hold events that a key before them
+        // holds as well (a drain after a restart merges what an earlier one wrote apart).
         let start = event_key(run, after + 1);
         let end = memtable::prefix_end(format!("ev/{run}/").as_bytes());
-        let mut out = Vec::new();
+        let mut out: Vec<RunEvent> = Vec::new();
         for item in self.tree.range(start, end, false) {
-            out.extend(decode_events(&item?.1)?);
+            for event in decode_events(&item?.1)? {
+                if out.last().is_none_or(|last| event.seq > last.seq) {
+                    out.push(event);
+                }
+            }
         }
         out.retain(|e| e.seq > after && e.seq <= newest);
         Ok(out)
@@ -548,5 +591,99 @@ mod tests {
         );
         let index: Vec<_> = store.tree.scan_prefix(b"active/", false).collect();
         assert_eq!(index.len(), 2, "both creations are indexed");
+    }
+
+    fn event_keys_in_sled(store: &Store) -> Vec<Vec<u8>> {
+        let keys = store.tree.db().scan_prefix(b"ev/").keys();
+        keys.map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_runs_events_that_reach_sled_together_become_one_key_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        let other = RunId::new(1_700_000_000_001, 0, 1);
+        commit(&store, |c| {
+            c.put_events(&[event(&run, 1, EventKind::Created), log(&run, 2)], "a")
+        })
+        .await;
+        commit(&store, |c| c.put_events(&[log(&run, 3)], "a")).await;
+        commit(&store, |c| {
+            c.put_events(&[event(&other, 1, EventKind::Created)], "a")
+        })
+        .await;
+        commit(&store, |c| c.put_events(&[log(&run, 4), log(&run, 5)], "a")).await;
+        let seqs = |after, newest| -> Vec<u64> {
+            let events = store.events(&run, after, newest).unwrap();
+            events.iter().map(|e| e.seq).collect()
+        };
+        let before: Vec<_> = (0..=5).map(|after| seqs(after, 5)).collect();
+        store.tree.drain_all().unwrap();
+        assert_eq!(
+            event_keys_in_sled(&store),
+            [event_key(&run, 5), event_key(&other, 1)],
+            "one key per run"
+        );
+        let after: Vec<_> = (0..=5).map(|after| seqs(after, 5)).collect();
+        assert_eq!(after, before);
+        assert_eq!(after[0], [1, 2, 3, 4, 5]);
+        assert_eq!(
+            seqs(1, 3),
+            [2, 3],
+            "up to `newest`, from inside the merged key"
+        );
+        assert_eq!(store.events(&other, 0, 1).unwrap().len(), 1);
+
+        // Later events reach sled in keys of their own, read after the merged one.
+        commit(&store, |c| c.put_events(&[log(&run, 6)], "a")).await;
+        store.tree.drain_all().unwrap();
+        assert_eq!(event_keys_in_sled(&store).len(), 3);
+        assert_eq!(seqs(0, 6), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs(4, 6), [5, 6]);
+    }
+
+    #[tokio::test]
+    async fn events_a_merged_key_holds_twice_are_read_once() {
+        // A drain after a restart replays changes that an earlier drain wrote, and may merge
+        // keys that sled already holds apart: `ev/<run>/2` stays beside `ev/<run>/4`.
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        let (one, two) = (event(&run, 1, EventKind::Created), log(&run, 2));
+        let all = [one.clone(), two.clone(), log(&run, 3), log(&run, 4)];
+        let db = store.tree.db();
+        db.insert(event_key(&run, 2), json(&[one, two])).unwrap();
+        db.insert(event_key(&run, 4), json(&all)).unwrap();
+        // A newest key of its own, so that reads go through all of them.
+        db.insert(event_key(&run, 5), json(&log(&run, 5))).unwrap();
+        let seqs = |after| -> Vec<u64> {
+            let events = store.events(&run, after, 5).unwrap();
+            events.iter().map(|e| e.seq).collect()
+        };
+        assert_eq!(seqs(0), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(1), [2, 3, 4, 5]);
+        assert_eq!(seqs(2), [3, 4, 5]);
+        assert_eq!(seqs(4), [5]);
+    }
+
+    #[test]
+    fn merged_event_values_are_one_array_of_all_their_events() {
+        let merged = merge_events(&[
+            br#"{"seq":1}"#,
+            br#"[{"seq":2},{"seq":3}]"#,
+            br#" {"seq":4} "#,
+        ]);
+        assert_eq!(
+            String::from_utf8(merged).unwrap(),
+            r#"[{"seq":1},{"seq":2},{"seq":3},{"seq":4}]"#
+        );
+        let run = RunId::new(1_700_000_000_000, 0, 1);
+        assert_eq!(
+            event_group(&event_key(&run, 7)),
+            Some(format!("ev/{run}/").len())
+        );
+        assert_eq!(event_group(b"ev/12345"), None, "too short to name a run");
+        assert_eq!(event_group(format!("run/{run}").as_bytes()), None);
     }
 }

@@ -523,7 +523,7 @@ mod tests {
         for applied in 0..=ops.len() {
             let dir = tempfile::tempdir().unwrap();
             let db = sled::open(dir.path().join("db")).unwrap();
-            let tree = Arc::new(Tree::open(db, super::super::chunks::NO_CHUNKS).unwrap());
+            let tree = Arc::new(Tree::open(db, super::super::chunks::NO_CHUNKS, None).unwrap());
             for op in &ops[..applied] {
                 tree.apply(vec![op.clone()]).unwrap();
                 tree.drain_all().unwrap();
