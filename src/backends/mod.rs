@@ -159,13 +159,19 @@ impl Dispatcher {
                 github_workflow::invoke(self, run, action, workflow).await
             }
         };
-        let ok = self
-            .app
-            .run_status(&run.id)
-            .is_ok_and(|status| status != RunStatus::Failure);
+        let ok = match &result {
+            // Taken: whatever the backend reports later is the run's, not the invocation's.
+            Ok(Some(_)) => true,
+            // The backend ended the run itself (or it ended meanwhile): failed, or not.
+            Ok(None) => self
+                .app
+                .run_status(&run.id)
+                .is_ok_and(|status| status != RunStatus::Failure),
+            Err(_) => false,
+        };
         self.app
             .metrics()
-            .backend_finished(kind, ok && result.is_ok(), started.elapsed());
+            .backend_finished(kind, ok, started.elapsed());
         result
     }
 
