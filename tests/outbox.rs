@@ -36,6 +36,7 @@ fn up_to(seq: u64) -> Delivery {
         seq,
         note: None,
         reference: None,
+        read: None,
     }
 }
 
@@ -138,5 +139,51 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
     assert_eq!(
         kinds(&app.outbox_pending("chat", &first).unwrap().events),
         ["log c"]
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
+    let dir = common::deployment(&[]);
+    let app = open(dir.path()).await;
+    let dev = Identity::try_from("dev@example.com").unwrap();
+    let inputs = RawInputs::Text(vec![("instances".into(), "2".into())]);
+    let run = app
+        .request_run(&dev, "add-documentdb", Some("mailer"), inputs, "TEST", None)
+        .await
+        .unwrap()
+        .id;
+    let delivered = |pending: portbot::app::Pending, line: &str| Delivery {
+        seq: pending.events.last().unwrap().seq,
+        note: Some(line.to_owned().into()),
+        reference: None,
+        read: Some(pending.read()),
+    };
+
+    // Nothing changed between the reading and the record: the note lands on the run as read.
+    let pending = app.outbox_pending("chat", &run).unwrap();
+    app.outbox_delivered("chat", &run, delivered(pending, "first note"))
+        .await
+        .unwrap();
+    // A line arrives while the consumer delivers: the record must build on it, not on the
+    // consumer's older reading.
+    let pending = app.outbox_pending("chat", &run).unwrap();
+    app.append_log(&run, "meanwhile".into(), None, None, None)
+        .await
+        .unwrap();
+    app.outbox_delivered("chat", &run, delivered(pending, "second note"))
+        .await
+        .unwrap();
+
+    let logged = kinds(&app.events(&run, 0).unwrap());
+    let lines: Vec<_> = logged.iter().filter(|k| k.starts_with("log ")).collect();
+    assert_eq!(
+        lines,
+        ["log first note", "log meanwhile", "log second note"]
+    );
+    let stored = app.run(&run).unwrap();
+    assert_eq!(
+        stored.last_seq,
+        app.events(&run, 0).unwrap().last().unwrap().seq
     );
 }

@@ -30,9 +30,9 @@ use crate::core::run::{
 use crate::core::template::{self, TemplateError};
 use crate::definitions::Definitions;
 use crate::metrics::Metrics;
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, RunRecord, Store, StoreError};
 use catalog_change::CatalogChange;
-pub use outbox::{Consumer, Delivery, DeliveryNote, Pending};
+pub use outbox::{Consumer, Delivery, DeliveryNote, Pending, ReadRun};
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +163,13 @@ impl App {
         self.inner
             .store
             .run(id)?
+            .ok_or_else(|| AppError::RunNotFound(id.clone()))
+    }
+
+    fn run_record(&self, id: &RunId) -> Result<RunRecord, AppError> {
+        self.inner
+            .store
+            .run_record(id)?
             .ok_or_else(|| AppError::RunNotFound(id.clone()))
     }
 

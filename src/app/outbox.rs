@@ -16,7 +16,7 @@ use crate::core::ids::RunId;
 use serde_json::Value;
 
 use crate::core::run::{EventKind, Run, RunEvent};
-use crate::store::Change;
+use crate::store::{Change, RunRecord};
 
 /// A reader of run events, with the events it wants.
 pub struct Consumer {
@@ -74,7 +74,8 @@ impl App {
     /// The run, and its events after the consumer's cursor that it wants, in order.
     pub fn outbox_pending(&self, consumer: &str, run: &RunId) -> Result<Pending, AppError> {
         let wants = self.consumer(consumer).wants;
-        let current = self.run(run)?;
+        let record = self.run_record(run)?;
+        let current = record.decode()?;
         let events = match self.inner.store.delivered(consumer, run)? {
             Some(after) => self
                 .inner
@@ -89,6 +90,7 @@ impl App {
         Ok(Pending {
             run: current,
             events,
+            record,
         })
     }
 
@@ -108,7 +110,12 @@ impl App {
         let wants = self.consumer(consumer).wants;
         let guard = self.lock_run(run).await;
         let mut change = Change::default();
-        let mut current = self.run(run)?;
+        let record = self.run_record(run)?;
+        // Unchanged since the consumer read it: that reading is the run as it is.
+        let mut current = match delivery.read {
+            Some(read) if read.record == record => read.run,
+            _ => record.decode()?,
+        };
         let stored_last = current.last_seq;
         let mut staged = Vec::new();
         if let Some(note) = delivery.note {
@@ -148,6 +155,24 @@ pub struct Pending {
     /// The run as it is now.
     pub run: Run,
     pub events: Vec<RunEvent>,
+    /// What `run` was read from.
+    record: RunRecord,
+}
+
+impl Pending {
+    /// The run as read here, for [`Delivery::read`].
+    pub fn read(self) -> ReadRun {
+        ReadRun {
+            run: self.run,
+            record: self.record,
+        }
+    }
+}
+
+/// A run as a consumer read it for a delivery (see [`Pending::read`]).
+pub struct ReadRun {
+    run: Run,
+    record: RunRecord,
 }
 
 /// A delivery to record.
@@ -158,6 +183,9 @@ pub struct Delivery {
     pub note: Option<DeliveryNote>,
     /// Replaces the consumer's reference for the run.
     pub reference: Option<Value>,
+    /// The run as the consumer read it: recording the delivery need not decode the run again
+    /// when it has not changed since.
+    pub read: Option<ReadRun>,
 }
 
 /// What a delivery adds to its run, in the same change as the delivery: a log line ("webhook

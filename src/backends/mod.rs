@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::worker::{self, Deliver};
-use crate::app::{App, AppError, Consumer, Delivery, DeliveryNote, Pending};
+use crate::app::{App, AppError, Consumer, Delivery, DeliveryNote};
 use crate::config::{ApiClient, GithubSettings, WebhookSettings};
 use crate::core::action::Invocation;
 use crate::core::ids::RunId;
@@ -99,25 +99,28 @@ impl Deliver for Dispatcher {
     /// Invokes the backend of a run that started, and records the delivery with what the
     /// backend answered.
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
-        let Pending { run, events } = self.app.outbox_pending(CONSUMER, id)?;
-        let Some(last) = events.last().map(|e| e.seq) else {
+        let pending = self.app.outbox_pending(CONSUMER, id)?;
+        let Some(last) = pending.events.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let ended = events
+        let ended = pending
+            .events
             .iter()
             .any(|e| matches!(e.kind, EventKind::Ended { .. }));
+        let run = &pending.run;
         // A run starts once; a run that ended before its start was delivered is not invoked.
         let note = match run.status.is_ended() {
             true => None,
-            false => self.invoke(&run).await?,
+            false => self.invoke(run).await?,
         };
         if ended {
-            self.withdraw(&run).await;
+            self.withdraw(run).await;
         }
         let delivery = Delivery {
             seq: last,
             note,
             reference: None,
+            read: Some(pending.read()),
         };
         self.app.outbox_delivered(CONSUMER, id, delivery).await
     }

@@ -95,7 +95,7 @@ impl<S: Surface> Deliver for Threads<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending { run, events } = app.outbox_pending(S::THREADS, id)?;
+        let Pending { run, events, .. } = app.outbox_pending(S::THREADS, id)?;
         let Some(requested_in) = run.channel.as_deref().filter(|_| !events.is_empty()) else {
             return Ok(());
         };
@@ -132,7 +132,7 @@ impl<S: Surface> Deliver for Approvals<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending { run, events } = app.outbox_pending(S::APPROVALS, id)?;
+        let Pending { run, events, .. } = app.outbox_pending(S::APPROVALS, id)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             return Ok(());
         };
@@ -162,6 +162,7 @@ async fn record(
         seq,
         note: None,
         reference,
+        read: None,
     };
     app.outbox_delivered(consumer, id, delivery).await
 }

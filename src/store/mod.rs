@@ -63,6 +63,16 @@ pub struct Store {
     wal: Arc<Wal>,
 }
 
+/// A run's stored record (see [`Store::run_record`]).
+#[derive(Clone, PartialEq)]
+pub struct RunRecord(sled::IVec);
+
+impl RunRecord {
+    pub fn decode(&self) -> StoreResult<Run> {
+        Ok(decode(&self.0)?)
+    }
+}
+
 /// A set of writes committed atomically by [`Store::commit`].
 #[derive(Default)]
 pub struct Change {
@@ -325,7 +335,14 @@ impl Store {
     }
 
     pub fn run(&self, id: &RunId) -> StoreResult<Option<Run>> {
-        self.get(&run_key(id))
+        self.run_record(id)?
+            .map(|record| record.decode())
+            .transpose()
+    }
+
+    /// A run's record as stored, not decoded yet: two reads of the same record compare equal.
+    pub fn run_record(&self, id: &RunId) -> StoreResult<Option<RunRecord>> {
+        Ok(self.tree.get(&run_key(id))?.map(RunRecord))
     }
 
     /// A run's status alone: its record is read without building the rest of it.
