@@ -602,10 +602,7 @@ mod tests {
         change.put_events(&[log(&run, 4), log(&run, 5), log(&run, 6)], "a");
         change.put_events(&[event(&other, 1, EventKind::Created)], "a");
         store.commit(change).await.unwrap();
-        let seqs = |after| -> Vec<u64> {
-            let events = store.events(&run, after, 6).unwrap();
-            events.iter().map(|e| e.seq).collect()
-        };
+        let seqs = |after| event_seqs(&store, &run, after, 6);
         assert_eq!(seqs(0), [1, 2, 3, 4, 5, 6]);
         assert_eq!(seqs(1), [2, 3, 4, 5, 6], "a group is cut at `after`");
         assert_eq!(seqs(4), [5, 6]);
@@ -619,6 +616,12 @@ mod tests {
         );
         let index: Vec<_> = store.tree.scan_prefix(b"active/", false).collect();
         assert_eq!(index.len(), 2, "both creations are indexed");
+    }
+
+    /// The seqs of the run's events after `after`, up to `newest`, as the store reads them.
+    fn event_seqs(store: &Store, run: &RunId, after: u64, newest: u64) -> Vec<u64> {
+        let events = store.events(run, after, newest).unwrap();
+        events.iter().map(|e| e.seq).collect()
     }
 
     fn event_keys_in_sled(store: &Store) -> Vec<Vec<u8>> {
@@ -642,10 +645,7 @@ mod tests {
         })
         .await;
         commit(&store, |c| c.put_events(&[log(&run, 4), log(&run, 5)], "a")).await;
-        let seqs = |after, newest| -> Vec<u64> {
-            let events = store.events(&run, after, newest).unwrap();
-            events.iter().map(|e| e.seq).collect()
-        };
+        let seqs = |after, newest| event_seqs(&store, &run, after, newest);
         let before: Vec<_> = (0..=5).map(|after| seqs(after, 5)).collect();
         store.tree.drain_all().unwrap();
         assert_eq!(
@@ -685,10 +685,7 @@ mod tests {
         db.insert(event_key(&run, 4), json(&all)).unwrap();
         // A newest key of its own, so that reads go through all of them.
         db.insert(event_key(&run, 5), json(&log(&run, 5))).unwrap();
-        let seqs = |after| -> Vec<u64> {
-            let events = store.events(&run, after, 5).unwrap();
-            events.iter().map(|e| e.seq).collect()
-        };
+        let seqs = |after| event_seqs(&store, &run, after, 5);
         assert_eq!(seqs(0), [1, 2, 3, 4, 5]);
         assert_eq!(seqs(1), [2, 3, 4, 5]);
         assert_eq!(seqs(2), [3, 4, 5]);
