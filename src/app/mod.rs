@@ -625,9 +625,13 @@ impl App {
         let events = run.record(kinds, Utc::now());
         change.put_run(run);
         change.put_events(&events, run.action.identifier.as_str());
+        let creates_run = events.first().is_some_and(|e| e.seq == 1);
         for consumer in &self.inner.consumers {
             if let Some(first) = events.iter().find(|e| (consumer.wants)(run, &e.kind)) {
-                change.mark_due(consumer.name, &run.id, first.seq);
+                match creates_run {
+                    true => change.mark_new_run_due(consumer.name, &run.id, first.seq),
+                    false => change.mark_due(consumer.name, &run.id, first.seq),
+                }
             }
         }
         events

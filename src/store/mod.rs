@@ -239,6 +239,12 @@ impl Change {
         ));
     }
 
+    /// [`Change::mark_due`] for a run this change creates: no mark can be there yet, so applying
+    /// it need not look (for a due mark, that look reads its chunk from sled).
+    pub fn mark_new_run_due(&mut self, consumer: &str, run: &RunId, from_seq: u64) {
+        self.insert(due_key(consumer, run), from_seq.to_be_bytes());
+    }
+
     /// `consumer` delivered the run's events up to `seq`: the run stays due from `seq + 1`, or
     /// is no longer due once caught up. One write either way: the due mark is the cursor.
     pub fn set_delivered(&mut self, consumer: &str, run: &RunId, seq: u64, caught_up: bool) {
