@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use portbot::app::{App, Consumer, Delivery};
+use portbot::app::{App, Consumer, Delivery, Pending};
 use portbot::core::action::RawInputs;
 use portbot::core::ids::{Identity, RunId};
 use portbot::core::run::EventKind;
@@ -31,7 +31,7 @@ async fn open(dir: &std::path::Path) -> App {
     .expect("app builds")
 }
 
-fn up_to(seq: u64) -> Delivery {
+fn up_to(seq: u64) -> Delivery<'static> {
     Delivery {
         seq,
         note: None,
@@ -142,6 +142,16 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
     );
 }
 
+/// A delivery of all that `pending` holds, with a note, from that reading of the run.
+fn noted<'a>(pending: &'a Pending, line: &str) -> Delivery<'a> {
+    Delivery {
+        seq: pending.events.last().unwrap().seq,
+        note: Some(line.to_owned().into()),
+        reference: None,
+        read: Some(pending),
+    }
+}
+
 #[tokio::test]
 async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
     let dir = common::deployment(&[]);
@@ -153,16 +163,9 @@ async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
         .await
         .unwrap()
         .id;
-    let delivered = |pending: portbot::app::Pending, line: &str| Delivery {
-        seq: pending.events.last().unwrap().seq,
-        note: Some(line.to_owned().into()),
-        reference: None,
-        read: Some(pending.read()),
-    };
-
     // Nothing changed between the reading and the record: the note lands on the run as read.
     let pending = app.outbox_pending("chat", &run).unwrap();
-    app.outbox_delivered("chat", &run, delivered(pending, "first note"))
+    app.outbox_delivered("chat", &run, noted(&pending, "first note"))
         .await
         .unwrap();
     // A line arrives while the consumer delivers: the record must build on it, not on the
@@ -171,7 +174,7 @@ async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
     app.append_log(&run, "meanwhile".into(), None, None, None)
         .await
         .unwrap();
-    app.outbox_delivered("chat", &run, delivered(pending, "second note"))
+    app.outbox_delivered("chat", &run, noted(&pending, "second note"))
         .await
         .unwrap();
 

@@ -32,7 +32,7 @@ use crate::definitions::Definitions;
 use crate::metrics::Metrics;
 use crate::store::{Change, RunRecord, Store, StoreError};
 use catalog_change::CatalogChange;
-pub use outbox::{Consumer, Delivery, DeliveryNote, Pending, ReadRun};
+pub use outbox::{Consumer, Delivery, DeliveryNote, Pending};
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]

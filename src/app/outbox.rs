@@ -105,31 +105,39 @@ impl App {
         &self,
         consumer: &str,
         run: &RunId,
-        delivery: Delivery,
+        delivery: Delivery<'_>,
     ) -> Result<(), AppError> {
         let wants = self.consumer(consumer).wants;
         let guard = self.lock_run(run).await;
         let mut change = Change::default();
         let record = self.run_record(run)?;
         // Unchanged since the consumer read it: that reading is the run as it is.
-        let mut current = match delivery.read {
-            Some(read) if read.record == record => read.run,
-            _ => record.decode()?,
+        let decoded;
+        let stored = match delivery.read {
+            Some(read) if read.record == record => &read.run,
+            _ => {
+                decoded = record.decode()?;
+                &decoded
+            }
         };
-        let stored_last = current.last_seq;
+        let stored_last = stored.last_seq;
+        let mut updated = None;
         let mut staged = Vec::new();
         if let Some(note) = delivery.note {
+            let mut noted = stored.clone();
             // A run that ended meanwhile takes no more changes; the delivery still counts.
-            let kinds = current
+            let kinds = noted
                 .update(note.status_label, note.link, None)
                 .and_then(|mut kinds| {
-                    kinds.extend(current.log(note.line)?);
+                    kinds.extend(noted.log(note.line)?);
                     Ok(kinds)
                 });
             if let Ok(kinds) = kinds {
-                staged = self.stage(&mut current, kinds, &mut change);
+                staged = self.stage(&mut noted, kinds, &mut change);
+                updated = Some(noted);
             }
         }
+        let current = updated.as_ref().unwrap_or(stored);
         if let Some(reference) = &delivery.reference {
             change.set_reference(consumer, run, reference);
         }
@@ -139,12 +147,12 @@ impl App {
             .events(run, delivery.seq, stored_last)?
             .iter()
             .chain(&staged)
-            .any(|e| wants(&current, &e.kind));
+            .any(|e| wants(current, &e.kind));
         change.set_delivered(consumer, run, delivery.seq, !more);
         self.inner.store.commit(change).await?;
         drop(guard);
         if !staged.is_empty() {
-            self.after_commit(&current, &staged);
+            self.after_commit(current, &staged);
         }
         Ok(())
     }
@@ -159,33 +167,17 @@ pub struct Pending {
     record: RunRecord,
 }
 
-impl Pending {
-    /// The run as read here, for [`Delivery::read`].
-    pub fn read(self) -> ReadRun {
-        ReadRun {
-            run: self.run,
-            record: self.record,
-        }
-    }
-}
-
-/// A run as a consumer read it for a delivery (see [`Pending::read`]).
-pub struct ReadRun {
-    run: Run,
-    record: RunRecord,
-}
-
 /// A delivery to record.
-pub struct Delivery {
+pub struct Delivery<'a> {
     /// The last event delivered.
     pub seq: u64,
     /// What the delivery achieved, for the run's log.
     pub note: Option<DeliveryNote>,
     /// Replaces the consumer's reference for the run.
     pub reference: Option<Value>,
-    /// The run as the consumer read it: recording the delivery need not decode the run again
-    /// when it has not changed since.
-    pub read: Option<ReadRun>,
+    /// What the consumer read for this delivery: recording it need not decode the run again
+    /// when the run has not changed since.
+    pub read: Option<&'a Pending>,
 }
 
 /// What a delivery adds to its run, in the same change as the delivery: a log line ("webhook

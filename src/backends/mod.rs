@@ -120,7 +120,7 @@ impl Deliver for Dispatcher {
             seq: last,
             note,
             reference: None,
-            read: Some(pending.read()),
+            read: Some(&pending),
         };
         self.app.outbox_delivered(CONSUMER, id, delivery).await
     }

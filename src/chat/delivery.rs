@@ -95,30 +95,32 @@ impl<S: Surface> Deliver for Threads<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending { run, events, .. } = app.outbox_pending(S::THREADS, id)?;
+        let pending = app.outbox_pending(S::THREADS, id)?;
+        let (run, events) = (&pending.run, &pending.events);
         let Some(requested_in) = run.channel.as_deref().filter(|_| !events.is_empty()) else {
             return Ok(());
         };
+        let confirm = |seq, reference| record(app, S::THREADS, &pending, seq, reference);
         let mut rest = events.as_slice();
         let mut card = match app.outbox_reference(S::THREADS, id)? {
             Some(card) => card,
             None => {
                 // The card stands for the run's creation (its first event).
-                let card = surface.place_card(&run, requested_in).await?;
+                let card = surface.place_card(run, requested_in).await?;
                 let (first, others) = rest.split_first().expect("there are events");
-                record(app, S::THREADS, id, first.seq, Some(card.clone())).await?;
+                confirm(first.seq, Some(card.clone())).await?;
                 rest = others;
                 card
             }
         };
         for group in group_for_thread(rest, S::LOG_CHARS) {
-            let changed = surface.reply(&card, &run, group).await?;
+            let changed = surface.reply(&card, run, group).await?;
             let seq = group.last().expect("groups are not empty").seq;
-            record(app, S::THREADS, id, seq, changed.clone()).await?;
+            confirm(seq, changed.clone()).await?;
             card = changed.unwrap_or(card);
         }
         if !rest.is_empty() {
-            surface.update_card(&card, &run).await?;
+            surface.update_card(&card, run).await?;
         }
         Ok(())
     }
@@ -132,29 +134,30 @@ impl<S: Surface> Deliver for Approvals<S> {
     async fn deliver(&self, id: &RunId) -> Result<(), AppError> {
         let surface = &self.0;
         let app = surface.app();
-        let Pending { run, events, .. } = app.outbox_pending(S::APPROVALS, id)?;
-        let Some(last) = events.last().map(|e| e.seq) else {
+        let pending = app.outbox_pending(S::APPROVALS, id)?;
+        let Some(last) = pending.events.last().map(|e| e.seq) else {
             return Ok(());
         };
         // A message shows the run as it is now, so one post or update covers every pending event.
         match app.outbox_reference(S::APPROVALS, id)? {
             None => {
-                let request = surface.post_request(&run).await?;
-                record(app, S::APPROVALS, id, last, Some(request)).await
+                let request = surface.post_request(&pending.run).await?;
+                record(app, S::APPROVALS, &pending, last, Some(request)).await
             }
             Some(request) => {
-                surface.update_request(&request, &run).await?;
-                record(app, S::APPROVALS, id, last, None).await
+                surface.update_request(&request, &pending.run).await?;
+                record(app, S::APPROVALS, &pending, last, None).await
             }
         }
     }
 }
 
-/// Records a consumer's delivery up to `seq`, and its new reference if any.
+/// Records a consumer's delivery of `pending` up to `seq`, and its new reference if any. Recording
+/// changes no run record, so the one reading serves every record of a delivery.
 async fn record(
     app: &App,
     consumer: &str,
-    id: &RunId,
+    pending: &Pending,
     seq: u64,
     reference: Option<Value>,
 ) -> Result<(), AppError> {
@@ -162,7 +165,8 @@ async fn record(
         seq,
         note: None,
         reference,
-        read: None,
+        read: Some(pending),
     };
-    app.outbox_delivered(consumer, id, delivery).await
+    app.outbox_delivered(consumer, &pending.run.id, delivery)
+        .await
 }
