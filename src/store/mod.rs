@@ -635,27 +635,38 @@ mod tests {
         keys.map(|k| k.unwrap().to_vec()).collect()
     }
 
+    /// The `ev/` keys in sled once everything applied is drained, waiting (up to 5 s) for `count`
+    /// of them: the store's drain thread may have taken the layer first and still be writing it.
+    fn drained_event_keys(store: &Store, count: usize) -> Vec<Vec<u8>> {
+        for _ in 0..500 {
+            store.tree.drain_all().unwrap();
+            let keys = event_keys_in_sled(store);
+            if keys.len() == count {
+                return keys;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        event_keys_in_sled(store)
+    }
+
     #[tokio::test]
     async fn a_runs_events_that_reach_sled_together_become_one_key_and_read_the_same() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let run = RunId::new(1_700_000_000_000, 0, 1);
         let other = RunId::new(1_700_000_000_001, 0, 1);
+        // Three changes' keys in one commit, so that they surely reach sled in the same drain.
         commit(&store, |c| {
-            c.put_events(&[event(&run, 1, EventKind::Created), log(&run, 2)], "a")
+            c.put_events(&[event(&run, 1, EventKind::Created), log(&run, 2)], "a");
+            c.put_events(&[log(&run, 3)], "a");
+            c.put_events(&[event(&other, 1, EventKind::Created)], "a");
+            c.put_events(&[log(&run, 4), log(&run, 5)], "a");
         })
         .await;
-        commit(&store, |c| c.put_events(&[log(&run, 3)], "a")).await;
-        commit(&store, |c| {
-            c.put_events(&[event(&other, 1, EventKind::Created)], "a")
-        })
-        .await;
-        commit(&store, |c| c.put_events(&[log(&run, 4), log(&run, 5)], "a")).await;
         let seqs = |after, newest| event_seqs(&store, &run, after, newest);
         let before: Vec<_> = (0..=5).map(|after| seqs(after, 5)).collect();
-        store.tree.drain_all().unwrap();
         assert_eq!(
-            event_keys_in_sled(&store),
+            drained_event_keys(&store, 2),
             [event_key(&run, 5), event_key(&other, 1)],
             "one key per run"
         );
@@ -671,8 +682,7 @@ mod tests {
 
         // Later events reach sled in keys of their own, read after the merged one.
         commit(&store, |c| c.put_events(&[log(&run, 6)], "a")).await;
-        store.tree.drain_all().unwrap();
-        assert_eq!(event_keys_in_sled(&store).len(), 3);
+        assert_eq!(drained_event_keys(&store, 3).len(), 3);
         assert_eq!(seqs(0, 6), [1, 2, 3, 4, 5, 6]);
         assert_eq!(seqs(4, 6), [5, 6]);
     }
