@@ -64,7 +64,7 @@ pub struct Store {
 }
 
 /// A run's stored record (see [`Store::run_record`]).
-#[derive(Clone, PartialEq)]
+#[derive(PartialEq)]
 pub struct RunRecord(sled::IVec);
 
 impl RunRecord {
