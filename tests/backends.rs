@@ -127,6 +127,34 @@ async fn a_webhook_receiver_that_is_down_then_up_gets_the_run() {
 }
 
 #[tokio::test]
+async fn a_webhook_url_template_is_rendered_per_run_and_a_bad_result_fails_the_run() {
+    let receiver = Receiver::start().await;
+    let per_size = action(
+        "per-size",
+        "CREATE",
+        json!({"type": "WEBHOOK", "url": format!("http://{}/hooks/{{{{inputs.size}}}}", receiver.addr)}),
+        false,
+    );
+    let nowhere = action(
+        "nowhere",
+        "CREATE",
+        json!({"type": "WEBHOOK", "url": "hooks/{{inputs.size}}"}),
+        false,
+    );
+    let app = TestApp::spawn(&[per_size, nowhere]).await;
+
+    app.run_id(DEV, "per-size", None, json!({"size": 2})).await;
+    assert_eq!(receiver.first().await.path, "/hooks/2");
+
+    let run = app.run_id(DEV, "nowhere", None, json!({"size": 3})).await;
+    app.wait_for(&run, "FAILURE").await;
+    assert_eq!(
+        app.log_lines(&run).await,
+        ["the webhook could not be built: `hooks/3` is not a URL: relative URL without a base"]
+    );
+}
+
+#[tokio::test]
 async fn a_webhook_that_never_recovers_fails_the_run_with_the_reason() {
     let receiver = Receiver::start().await;
     receiver

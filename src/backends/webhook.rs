@@ -16,7 +16,7 @@ use sha2::Sha256;
 
 use super::{Dispatcher, Outcome};
 use crate::config::ClientRole;
-use crate::core::action::{Action, WebhookInvocation};
+use crate::core::action::{absolute_url, Action, HookUrl, WebhookInvocation};
 use crate::core::catalog::Entity;
 use crate::core::ids::{ActionId, BlueprintId, EntityId, Identity, RunId};
 use crate::core::run::{EntityView, Run, RunStatus};
@@ -123,10 +123,20 @@ impl<'a> DefaultBody<'a> {
 
 /// A webhook request to send, rendered over the run's context.
 struct HookRequest {
-    url: String,
+    url: url::Url,
     body: Vec<u8>,
     /// The hook's own headers, besides the content type and Port's signature headers.
     headers: Vec<(String, String)>,
+}
+
+/// Why a run's webhook request could not be built.
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    /// The URL template rendered to something that is not a URL.
+    #[error("{0}")]
+    Url(String),
 }
 
 /// Renders the hook for a run. A hook with no templates (a plain URL, the default body, no
@@ -136,11 +146,13 @@ fn build(
     action: &Action,
     hook: &WebhookInvocation,
     entity: Option<&Entity>,
-) -> Result<HookRequest, template::TemplateError> {
+) -> Result<HookRequest, BuildError> {
     let context = LazyCell::new(|| run.template_context(entity));
-    let url = match template::is_template(&hook.url) {
-        true => template::render_text(&hook.url, &context)?,
-        false => hook.url.clone(),
+    let url = match &hook.url {
+        HookUrl::Fixed(url) => url.clone(),
+        HookUrl::Template(text) => {
+            absolute_url(&template::render_text(text, &context)?).map_err(BuildError::Url)?
+        }
     };
     let body = match &hook.body {
         Some(body) => serde_json::to_vec(&template::render_value(body, &context)?),
@@ -203,7 +215,7 @@ pub(super) async fn invoke(
         let timestamp = chrono::Utc::now().timestamp();
         let mut request = dispatcher
             .http
-            .request(method.clone(), &url)
+            .request(method.clone(), url.clone())
             .header("content-type", "application/json")
             .header(TIMESTAMP_HEADER, timestamp.to_string())
             .body(body.clone());

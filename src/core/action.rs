@@ -74,12 +74,42 @@ pub struct OnSuccess {
 /// A `WEBHOOK` invocation. `url`, header values and `body` strings are templates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebhookInvocation {
-    pub url: String,
+    pub url: HookUrl,
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
     pub synchronized: bool,
     pub client_id: Option<String>,
+}
+
+/// Where a webhook goes. A URL without templates is parsed once, when the action loads, so a
+/// bad one is reported by `portbot check` and a run does not parse it again (the parse was a
+/// twentieth of a webhook run's instructions).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookUrl {
+    Fixed(url::Url),
+    /// Rendered over each run's context, then parsed.
+    Template(String),
+}
+
+impl HookUrl {
+    fn parse(text: String) -> Result<HookUrl, String> {
+        if template::is_template(&text) {
+            return template::check_syntax(&text)
+                .map(|()| HookUrl::Template(text))
+                .map_err(|e| e.to_string());
+        }
+        absolute_url(&text).map(HookUrl::Fixed)
+    }
+}
+
+/// An `http` or `https` URL with a host, or why `text` is not one.
+pub fn absolute_url(text: &str) -> Result<url::Url, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        Ok(_) => Err(format!("`{text}` is not an http or https URL")),
+        Err(error) => Err(format!("`{text}` is not a URL: {error}")),
+    }
 }
 
 /// A `COMMAND` invocation: a program and its arguments (templates), run without a shell.
@@ -626,7 +656,9 @@ fn compile_invocation(
     match kind {
         "WEBHOOK" => {
             let hook: RawWebhook = deserialize(raw, field).map_err(|p| problems.push(p)).ok()?;
-            checked(problems, template::check_syntax(&hook.url));
+            let url = HookUrl::parse(hook.url)
+                .map_err(|e| problems.push(problem(format!("{field}.url"), e)))
+                .ok();
             checked(
                 problems,
                 template::check_value_syntax(&Value::Object(hook.headers.clone())),
@@ -647,7 +679,7 @@ fn compile_invocation(
                 .map(|(k, v)| (k.clone(), plain_text(v)))
                 .collect();
             Some(Invocation::Webhook(WebhookInvocation {
-                url: hook.url,
+                url: url?,
                 method,
                 headers,
                 body: hook.body,
@@ -963,6 +995,48 @@ mod tests {
                 "invocationMethod.command",
                 "permissions.approve"
             ]
+        );
+    }
+
+    #[test]
+    fn a_webhook_url_is_parsed_when_the_action_loads() {
+        let (catalog, dir) = fixture();
+        let parse = |url: &str| {
+            Action::parse(
+                json!({"identifier": "x", "trigger": {"type": "self-service", "operation": "DAY-2", "blueprintIdentifier": "Component"},
+                    "invocationMethod": {"type": "WEBHOOK", "url": url}}),
+                &DefinitionContext { catalog: &catalog, directory: &dir },
+            )
+            .map(|action| action.invocation)
+        };
+        let problem = |url: &str| {
+            let problems = parse(url).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].field, "invocationMethod.url");
+            problems[0].message.clone()
+        };
+        assert_eq!(
+            problem("hooks.example.com/run"),
+            "`hooks.example.com/run` is not a URL: relative URL without a base"
+        );
+        assert_eq!(
+            problem("ftp://hooks.example.com/run"),
+            "`ftp://hooks.example.com/run` is not an http or https URL"
+        );
+        assert!(!problem("https://hooks.example.com/{{#if run}}").is_empty());
+        let Ok(Invocation::Webhook(hook)) = parse("https://hooks.example.com/run") else {
+            panic!("a plain URL loads");
+        };
+        assert_eq!(
+            hook.url,
+            HookUrl::Fixed("https://hooks.example.com/run".parse().unwrap())
+        );
+        let Ok(Invocation::Webhook(hook)) = parse("https://hooks.example.com/{{run.id}}") else {
+            panic!("a URL template loads");
+        };
+        assert_eq!(
+            hook.url,
+            HookUrl::Template("https://hooks.example.com/{{run.id}}".into())
         );
     }
 }

@@ -280,6 +280,8 @@ async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> St
 /// One request a fake webhook receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The request's path and query.
+    pub path: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -311,18 +313,20 @@ impl Receiver {
             addr: listener.local_addr().unwrap(),
         };
         let state = receiver.clone();
-        let router =
-            axum::Router::new().fallback(move |headers: HeaderMap, body: axum::body::Bytes| {
+        let router = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
                 let state = state.clone();
                 async move {
                     state.received.lock().unwrap().push(Received {
+                        path: uri.to_string(),
                         headers,
                         body: body.to_vec(),
                     });
                     StatusCode::from_u16(state.status.load(std::sync::atomic::Ordering::SeqCst))
                         .unwrap()
                 }
-            });
+            },
+        );
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         receiver
     }
