@@ -85,6 +85,10 @@ pub struct SlackSettings {
     /// Runs whose messages are being delivered at once. Most of a delivery is waiting for its
     /// channel's next slot, so this is high.
     pub max_concurrent: usize,
+    /// A slash command's answer not ready this long after the command arrived goes to its
+    /// `response_url` when ready, and the command is answered at once that it follows (Slack
+    /// waits 3 s); 0 sends every answer that way.
+    pub defer_after_ms: u64,
 }
 
 /// The Discord application (CONTRACT §1). Its endpoint exists only when `enabled`.

@@ -159,6 +159,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         messages,
         api,
         command: settings.slack.command.clone(),
+        defer_after: std::time::Duration::from_millis(settings.slack.defer_after_ms),
     };
     if let Some(app_token) = settings.slack.app_token.clone() {
         slack::socket::spawn(state.clone(), app_token);

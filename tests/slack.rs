@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::slack::{click, form, send_signed, signature, submission, BOT_TOKEN, SECRET};
+use common::slack::{
+    click, form, form_answered_at, send_signed, signature, submission, BOT_TOKEN, SECRET,
+};
 use common::{mentions, verify_port_signature, FakeSlack, Receiver, TestApp};
 use serde_json::{json, Value};
 
@@ -76,6 +78,72 @@ async fn a_valid_command_creates_the_run_for_the_slack_user() {
         .decide("slack:UOPS", run["id"].as_str().unwrap(), "APPROVE")
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn an_answer_not_ready_in_time_follows_at_the_response_url() {
+    let fake = FakeSlack::start().await;
+    // 0: no answer is ever waited for, so each takes the late way.
+    let app = slack_app_tweaked(&fake, |s| s.slack.defer_after_ms = 0).await;
+    let text = "add-documentdb mailer instances=3";
+    let (status, body) = post_signed(
+        &app,
+        &form_answered_at("UDEV", text, &fake.response_url()),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let working: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(working["response_type"], "ephemeral");
+    assert!(
+        all_text(&working).contains(&format!("Working on `/port {text}`")),
+        "{working}"
+    );
+
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.method == "response_url"))
+        .await;
+    let late = calls
+        .iter()
+        .find(|c| c.method == "response_url")
+        .expect("the answer follows at the response_url");
+    assert_eq!(late.content_type, "application/json; charset=utf-8");
+    assert_eq!(
+        late.authorization, "",
+        "the bot token stays with the Web API"
+    );
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = runs["runs"][0]["id"].as_str().unwrap();
+    assert_eq!(late.body["response_type"], "ephemeral");
+    let answer = all_text(&late.body);
+    assert!(
+        answer.contains(run) && answer.contains("WAITING_FOR_APPROVAL"),
+        "{answer}"
+    );
+
+    // A refusal takes the same way, and still creates nothing.
+    post_signed(
+        &app,
+        &form_answered_at(
+            "UDEV",
+            "add-documentdb mailer instances=9",
+            &fake.response_url(),
+        ),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    let calls = fake
+        .calls_when(|calls| calls.iter().filter(|c| c.method == "response_url").count() == 2)
+        .await;
+    let refusal = calls.iter().rfind(|c| c.method == "response_url").unwrap();
+    assert!(
+        all_text(&refusal.body).contains("instances"),
+        "{:?}",
+        refusal.body
+    );
+    assert_eq!(run_count(&app).await, 1);
 }
 
 #[tokio::test]

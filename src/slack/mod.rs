@@ -15,13 +15,14 @@ pub mod surface;
 mod web_api;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -51,6 +52,8 @@ pub struct SlackState {
     pub api: SlackApi,
     /// The slash command, e.g. `/port`, for help texts.
     pub command: String,
+    /// Past this, a command's answer follows at its `response_url` (`slack.defer_after_ms`).
+    pub defer_after: Duration,
 }
 
 pub fn router(state: SlackState) -> Router {
@@ -73,6 +76,9 @@ pub(crate) struct SlashCommand {
     trigger_id: String,
     #[serde(default)]
     text: String,
+    /// Where an answer that comes late goes (Slack takes up to five there within 30 minutes).
+    #[serde(default)]
+    response_url: String,
     ssl_check: Option<String>,
 }
 
@@ -107,19 +113,68 @@ async fn commands(
     command_reply(&state, form).await
 }
 
-/// The answer to a slash command, however it arrived (HTTP or Socket Mode).
-async fn command_reply(state: &SlackState, form: SlashCommand) -> Response {
+/// The answer to a slash command within Slack's 3 seconds, however it arrived (HTTP or Socket
+/// Mode): the answer itself when it is ready within `defer_after`; else a note that it follows,
+/// and the answer goes to the command's `response_url` once ready. So a slow moment of the
+/// store or of Slack never leaves a user with Slack's timeout error for a run that was made.
+pub(crate) async fn command_reply(state: &Arc<SlackState>, mut form: SlashCommand) -> Response {
     if form.ssl_check.is_some() {
         return StatusCode::OK.into_response();
     }
     let Ok(who) = Identity::try_from(format!("slack:{}", form.user_id)) else {
         return (StatusCode::BAD_REQUEST, "no user_id").into_response();
     };
-    let reply = match ChatCommand::parse(&form.text) {
-        Ok(command) => answer(state, &who, &form, command).await,
-        Err(error) => Reply::Error(error.to_string()),
+    let response_url = std::mem::take(&mut form.response_url);
+    let typed = form.text.clone();
+    let worker = state.clone();
+    let mut work = Box::pin(async move {
+        let reply = match ChatCommand::parse(&form.text) {
+            Ok(command) => answer(&worker, &who, &form, command).await,
+            Err(error) => Reply::Error(error.to_string()),
+        };
+        reply.body(&worker)
+    });
+    let ready = match state.defer_after.is_zero() {
+        true => None,
+        false => tokio::time::timeout(state.defer_after, &mut work)
+            .await
+            .ok(),
     };
-    reply.render(state)
+    match ready {
+        Some(body) => respond(body),
+        None => {
+            // The work goes on, and its answer follows.
+            let state = state.clone();
+            let working = json!({"command": state.command, "text": typed});
+            let note = Reply::Message("working", working).body(&state);
+            tokio::spawn(async move {
+                if let Some(body) = work.await {
+                    answer_late(&state, &response_url, body).await;
+                }
+            });
+            respond(note)
+        }
+    }
+}
+
+/// A command's answer as the HTTP response: its JSON, or an empty 200.
+fn respond(body: Option<String>) -> Response {
+    match body {
+        Some(body) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+/// Sends an answer that was not ready in time to the command's `response_url`.
+async fn answer_late(state: &SlackState, response_url: &str, body: String) {
+    match state.api.respond(response_url, body).await {
+        Ok(()) => tracing::info!("a Slack command's answer followed at its response_url"),
+        Err(error) => tracing::warn!(%error, "a Slack command's late answer was not delivered"),
+    }
 }
 
 /// What the command answers, before rendering.
@@ -131,22 +186,18 @@ enum Reply {
 }
 
 impl Reply {
-    fn render(self, state: &SlackState) -> Response {
+    /// The message's JSON text; `None` for nothing.
+    fn body(self, state: &SlackState) -> Option<String> {
         let (name, data) = match self {
             Reply::Message(name, data) => (name, data),
             Reply::Error(message) => ("error", json!({ "message": message })),
-            Reply::Nothing => return StatusCode::OK.into_response(),
+            Reply::Nothing => return None,
         };
         match state.messages.render_text(name, data) {
-            Ok(body) => (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response(),
+            Ok(body) => Some(body),
             Err(error) => {
                 tracing::error!(%error, "a Slack message did not render");
-                Json(json!({"response_type": "ephemeral", "text": "portbot could not render its answer; the operators have been told in the logs."}))
-                    .into_response()
+                Some(json!({"response_type": "ephemeral", "text": "portbot could not render its answer; the operators have been told in the logs."}).to_string())
             }
         }
     }

@@ -6,6 +6,7 @@
 //! `envelope_id`, the answer as its `payload`. The socket is reopened whenever Slack closes it
 //! or asks to (`disconnect`), after a growing pause when opening fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,6 +23,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// Keeps a Socket Mode connection open until the process stops.
 pub fn spawn(state: SlackState, app_token: Secret) {
+    let state = Arc::new(state);
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(500);
         loop {
@@ -38,7 +40,7 @@ pub fn spawn(state: SlackState, app_token: Secret) {
 }
 
 /// One connection, until Slack closes it or asks for a new one.
-async fn session(state: &SlackState, app_token: &Secret) -> Result<(), String> {
+async fn session(state: &Arc<SlackState>, app_token: &Secret) -> Result<(), String> {
     let opened = state
         .api
         .with_token(app_token.clone())
@@ -84,7 +86,7 @@ async fn session(state: &SlackState, app_token: &Secret) -> Result<(), String> {
 }
 
 /// The acknowledgement of one envelope, with the answer as its payload; `None` for `hello`.
-async fn answer(state: &SlackState, envelope: Value) -> Option<Value> {
+async fn answer(state: &Arc<SlackState>, envelope: Value) -> Option<Value> {
     let id = envelope["envelope_id"].as_str()?.to_owned();
     let payload = envelope["payload"].clone();
     let response = match envelope["type"].as_str() {

@@ -66,6 +66,50 @@ impl SlackApi {
         Ok(url)
     }
 
+    /// Posts a message to a command's `response_url`, tried up to three times while Slack
+    /// cannot be reached or asks to wait. The URL is the request's own, which carries its
+    /// authority: the bot token is not sent there.
+    pub async fn respond(&self, response_url: &str, body: String) -> Result<(), SlackApiError> {
+        let method = "response_url";
+        let failed = |reason: String| SlackApiError::Unreachable {
+            method: method.to_owned(),
+            reason,
+        };
+        let url = crate::core::action::absolute_url(response_url).map_err(failed)?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent = self
+                .http
+                .post(url.clone())
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body.clone())
+                .send()
+                .await;
+            let (wait, error) = match sent {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if response.status().as_u16() == 429 => {
+                    (retry_after(&response), "HTTP 429".to_owned())
+                }
+                Ok(response) if response.status().is_server_error() => (
+                    Duration::from_secs(1),
+                    format!("HTTP {}", response.status().as_u16()),
+                ),
+                Ok(response) => {
+                    return Err(SlackApiError::Refused {
+                        method: method.to_owned(),
+                        error: format!("HTTP {}", response.status().as_u16()),
+                    })
+                }
+                Err(error) => (Duration::from_secs(1), error.without_url().to_string()),
+            };
+            if tries == 3 {
+                return Err(failed(error));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Calls a Web API method with a JSON body; the answer when Slack says `ok`.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackApiError> {
         let unreachable = |reason: String| SlackApiError::Unreachable {
@@ -83,13 +127,7 @@ impl SlackApi {
             .map_err(|e| unreachable(e.without_url().to_string()))?;
         let status = response.status();
         if status.as_u16() == 429 {
-            let seconds = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(1);
-            return Err(SlackApiError::RateLimited(Duration::from_secs(seconds)));
+            return Err(SlackApiError::RateLimited(retry_after(&response)));
         }
         if status.is_server_error() {
             return Err(unreachable(format!("HTTP {}", status.as_u16())));
@@ -110,4 +148,15 @@ impl SlackApi {
             })
         }
     }
+}
+
+/// How long a 429 asks to wait (`Retry-After`, seconds; 1 when it does not say).
+fn retry_after(response: &reqwest::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    Duration::from_secs(seconds)
 }

@@ -576,8 +576,37 @@ impl FakeSlack {
                     },
                 ),
             );
+        // A command's response_url: what is posted there is recorded as a `response_url` call.
+        let state = fake.clone();
+        let router = router.route(
+            "/response/{*rest}",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    state.calls.lock().unwrap().push(SlackCall {
+                        method: "response_url".into(),
+                        authorization: header("authorization"),
+                        content_type: header("content-type"),
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    "ok"
+                }
+            }),
+        );
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         fake
+    }
+
+    /// A slash command's `response_url` at this fake.
+    pub fn response_url(&self) -> String {
+        format!("http://{}/response/T1/1/secret", self.addr)
     }
 
     pub fn api_url(&self) -> String {

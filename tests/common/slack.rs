@@ -57,6 +57,11 @@ pub fn signature(secret: &str, timestamp: i64, body: &str) -> String {
 
 /// The form Slack posts for `/port <text>` typed by `user`.
 pub fn form(user: &str, text: &str) -> String {
+    form_answered_at(user, text, "https://hooks.slack.invalid/commands/1")
+}
+
+/// The same, with late answers going to `response_url`.
+pub fn form_answered_at(user: &str, text: &str, response_url: &str) -> String {
     serde_urlencoded::to_string([
         ("token", "deprecated"),
         ("team_id", "T1"),
@@ -69,7 +74,7 @@ pub fn form(user: &str, text: &str) -> String {
         ("text", text),
         ("api_app_id", "A1"),
         ("is_enterprise_install", "false"),
-        ("response_url", "https://hooks.slack.invalid/commands/1"),
+        ("response_url", response_url),
         ("trigger_id", "123.456.abc"),
     ])
     .unwrap()
