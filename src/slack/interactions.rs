@@ -1,10 +1,11 @@
 //! `POST /slack/interactions`: the `Approve` and `Decline` buttons of approval requests.
 //!
 //! The click is decided under the same rules as everywhere (the app's `decide`), and Slack gets
-//! its 200 at once. `Decline` first asks a permitted decliner for an optional reason (a modal);
-//! the decline is made when it is submitted. Whoever may not decide gets an ephemeral refusal (`chat.postEphemeral`,
-//! sent after the ack so a slow Slack never delays it); the request message itself is updated
-//! by the approvals consumer once the decision is stored.
+//! its 200 once the decision is stored, or after `slack.defer_after_ms` while it goes on.
+//! `Decline` first asks a permitted decliner for an optional reason (a modal); the decline is
+//! made when it is submitted. Whoever may not decide gets an ephemeral refusal
+//! (`chat.postEphemeral`, sent after the ack so a slow Slack never delays it); the request
+//! message itself is updated by the approvals consumer once the decision is stored.
 
 use std::sync::Arc;
 
@@ -84,15 +85,14 @@ pub(super) async fn interactions(
 }
 
 /// The answer to an interaction payload, however it arrived (HTTP or Socket Mode).
-pub(super) async fn interaction_reply(state: &SlackState, payload: Value) -> Response {
-    let state = state.clone();
+pub(super) async fn interaction_reply(state: &Arc<SlackState>, payload: Value) -> Response {
     if payload["type"] == "view_submission" {
         let callback = &payload["view"]["callback_id"];
         if callback == CALLBACK_ID {
-            return submit_form(&state, &payload).await;
+            return submit_form(state, &payload).await;
         }
         if callback == DECLINE_CALLBACK_ID {
-            return submit_decline(&state, &payload).await;
+            return submit_decline(state, &payload).await;
         }
     }
     let Ok(payload) = serde_json::from_value::<BlockActions>(payload) else {
@@ -118,26 +118,40 @@ pub(super) async fn interaction_reply(state: &SlackState, payload: Value) -> Res
     ) else {
         return (StatusCode::BAD_REQUEST, "unknown user or run").into_response();
     };
+    // The click answers nothing but its 200; what is not done by `defer_after` goes on after it.
+    let worker = state.clone();
+    let work = async move { click(&worker, &who, &run, decision, payload).await };
+    super::within(state.defer_after, work, |()| async {}).await;
+    StatusCode::OK.into_response()
+}
+
+/// Decides a click on `Approve` or `Decline`; whoever may not is told why.
+async fn click(
+    state: &SlackState,
+    who: &Identity,
+    run: &RunId,
+    decision: Decision,
+    payload: BlockActions,
+) {
     let channel = payload.channel.map(|c| c.id).unwrap_or_default();
-    let tell = |error: AppError| refuse(&state, &channel, &payload.user.id, error.to_string());
+    let tell = |error: AppError| refuse(state, &channel, &payload.user.id, error.to_string());
     if decision == Decision::Decline {
         // A permitted decliner is asked for a reason first; the decline happens on submit.
-        match state.app.may_decide(&who, &run) {
+        match state.app.may_decide(who, run) {
             Err(error) => tell(error),
-            Ok(()) => match open_decline_form(&state, &payload.trigger_id, &run).await {
+            Ok(()) => match open_decline_form(state, &payload.trigger_id, run).await {
                 Ok(()) => {}
                 Err(why) => {
                     tracing::warn!(%why, "no reason form; declining without a reason");
-                    if let Err(error) = state.app.decide(&who, &run, decision, None).await {
+                    if let Err(error) = state.app.decide(who, run, decision, None).await {
                         tell(error);
                     }
                 }
             },
         }
-    } else if let Err(error) = state.app.decide(&who, &run, decision, None).await {
+    } else if let Err(error) = state.app.decide(who, run, decision, None).await {
         tell(error);
     }
-    StatusCode::OK.into_response()
 }
 
 /// Tells a Slack user, privately, why their click did nothing; sent after the ack.

@@ -14,6 +14,7 @@ pub mod socket;
 pub mod surface;
 mod web_api;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,34 +128,47 @@ pub(crate) async fn command_reply(state: &Arc<SlackState>, mut form: SlashComman
     let response_url = std::mem::take(&mut form.response_url);
     let typed = form.text.clone();
     let worker = state.clone();
-    let mut work = Box::pin(async move {
+    let work = async move {
         let reply = match ChatCommand::parse(&form.text) {
             Ok(command) => answer(&worker, &who, &form, command).await,
             Err(error) => Reply::Error(error.to_string()),
         };
         reply.body(&worker)
-    });
-    let ready = match state.defer_after.is_zero() {
-        true => None,
-        false => tokio::time::timeout(state.defer_after, &mut work)
-            .await
-            .ok(),
     };
-    match ready {
+    let late = state.clone();
+    let answered = within(state.defer_after, work, |body| async move {
+        if let Some(body) = body {
+            answer_late(&late, &response_url, body).await;
+        }
+    });
+    match answered.await {
         Some(body) => respond(body),
         None => {
-            // The work goes on, and its answer follows.
-            let state = state.clone();
             let working = json!({"command": state.command, "text": typed});
-            let note = Reply::Message("working", working).body(&state);
-            tokio::spawn(async move {
-                if let Some(body) = work.await {
-                    answer_late(&state, &response_url, body).await;
-                }
-            });
-            respond(note)
+            respond(Reply::Message("working", working).body(state))
         }
     }
+}
+
+/// `work`'s result when it is ready within `limit` (0: never waited for). Else `None`, and
+/// `work` goes on after the answer to Slack, its result handed to `late`.
+async fn within<T, L>(
+    limit: Duration,
+    work: impl Future<Output = T> + Send + 'static,
+    late: impl FnOnce(T) -> L + Send + 'static,
+) -> Option<T>
+where
+    T: Send + 'static,
+    L: Future<Output = ()> + Send,
+{
+    let mut work = Box::pin(work);
+    if !limit.is_zero() {
+        if let Ok(done) = tokio::time::timeout(limit, &mut work).await {
+            return Some(done);
+        }
+    }
+    tokio::spawn(async move { late(work.await).await });
+    None
 }
 
 /// A command's answer as the HTTP response: its JSON, or an empty 200.
