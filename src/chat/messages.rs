@@ -85,11 +85,53 @@ impl Messages {
         Ok(text)
     }
 
+    /// Renders a template to a message object's text, to which fields can still be added.
+    pub fn render_message(&self, name: &str, data: Value) -> Result<MessageText, MessageError> {
+        let text = self.render_text(name, data)?;
+        match text.trim_start().starts_with('{') {
+            true => Ok(MessageText(text)),
+            false => Err(MessageError::template(
+                name,
+                "did not render to a JSON object".into(),
+            )),
+        }
+    }
+
     fn handlebars(&self, name: &str, data: Value) -> Result<String, MessageError> {
         // Owned data becomes the context as it is; a borrowed one would be copied.
         self.registry
             .render_with_context(name, &Context::from(data))
             .map_err(|e| MessageError::template(name, e.to_string()))
+    }
+}
+
+/// A rendered message: the text of a JSON object, checked to parse. It goes out as it is, with
+/// the fields only the sender knows (a channel, a thread) added to its end as text, so it is
+/// never built into a value and written out again (that was a tenth of a Slack delivery).
+#[derive(Debug, Clone)]
+pub struct MessageText(String);
+
+impl MessageText {
+    /// The message with `key` set to `value`: added last, so it also wins over a field of the
+    /// same name from the template, as it would in a value.
+    pub fn with(mut self, key: &str, value: &Value) -> MessageText {
+        // A parsed object's text ends in its closing brace, perhaps with whitespace after it.
+        let closing = self.0.trim_end().len() - 1;
+        self.0.truncate(closing);
+        if !self.0.trim_end().ends_with('{') {
+            self.0.push(',');
+        }
+        let mut out = std::mem::take(&mut self.0).into_bytes();
+        serde_json::to_writer(&mut out, key).expect("strings serialise");
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).expect("JSON values serialise");
+        out.push(b'}');
+        self.0 = String::from_utf8(out).expect("JSON is UTF-8");
+        self
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 
@@ -140,6 +182,7 @@ impl MessageError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use serde_json::json;
 
     /// What escaping meant before it was one pass: mark up, then let serde_json quote it.
     fn reference(text: &str, markup: impl Fn(char) -> Option<&'static str>) -> String {
@@ -157,6 +200,23 @@ mod tests {
             '*' => Some("\\*"),
             _ => None,
         }
+    }
+
+    #[test]
+    fn fields_added_to_a_message_read_as_set_in_a_value() {
+        let added = |text: &str| {
+            let message = MessageText(text.to_owned())
+                .with("channel", &json!("C1"))
+                .with("ts", &json!("1.2"));
+            serde_json::from_str::<Value>(&message.into_string()).unwrap()
+        };
+        assert_eq!(added("{}"), json!({"channel": "C1", "ts": "1.2"}));
+        assert_eq!(added("\n{ }\n\n"), json!({"channel": "C1", "ts": "1.2"}));
+        assert_eq!(
+            added("{\"text\": \"a}\", \"channel\": \"template's\"}\n"),
+            json!({"text": "a}", "channel": "C1", "ts": "1.2"}),
+            "the sender's field wins"
+        );
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::messages::slack_json_escape;
 use super::web_api::{SlackApi, SlackApiError};
 use crate::app::{App, AppError};
-use crate::chat::messages::Messages;
+use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
 use crate::chat::view::{card_data, reply_data, request_data};
 use crate::chat::Surface;
@@ -44,10 +44,10 @@ impl Surface for SlackSurface {
     }
 
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
-        let mut card = self.render("run_card", card_data(run, mention))?;
-        card["channel"] = json!(channel);
+        let card = self.render("run_card", card_data(run, mention))?;
+        let body = card.with("channel", &json!(channel)).into_string();
         self.pace.slot(channel).await;
-        let refusal = match self.api.call("chat.postMessage", &card).await {
+        let refusal = match self.api.call_text("chat.postMessage", body.clone()).await {
             Ok(answer) => return Ok(card_reference(channel, &answer)),
             Err(SlackApiError::Refused { error, .. })
                 if error == "not_in_channel" || error == "channel_not_found" =>
@@ -56,7 +56,7 @@ impl Surface for SlackSurface {
             }
             Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
                 // Paced and retried like any post.
-                let answer = self.post("chat.postMessage", &card).await?;
+                let answer = self.post("chat.postMessage", Some(channel), body).await?;
                 return Ok(card_reference(channel, &answer));
             }
             Err(error) => return Err(AppError::Delivery(error.to_string())),
@@ -68,7 +68,7 @@ impl Surface for SlackSurface {
                 .await
                 .is_ok()
         {
-            let answer = self.post("chat.postMessage", &card).await?;
+            let answer = self.post("chat.postMessage", Some(channel), body).await?;
             return Ok(card_reference(channel, &answer));
         }
         let user = run
@@ -77,7 +77,11 @@ impl Surface for SlackSurface {
             .strip_prefix("slack:")
             .unwrap_or_default();
         let opened = self
-            .post("conversations.open", &json!({"users": user}))
+            .post(
+                "conversations.open",
+                None,
+                json!({"users": user}).to_string(),
+            )
             .await?;
         let direct = opened["channel"]["id"].as_str().unwrap_or_default();
         let mut data = card_data(run, mention);
@@ -87,9 +91,12 @@ impl Surface for SlackSurface {
             } else {
                 slack_json_escape(channel)
             });
-        let mut card = self.render("run_card", data)?;
-        card["channel"] = json!(direct);
-        let answer = self.post("chat.postMessage", &card).await?;
+        let card = self
+            .render("run_card", data)?
+            .with("channel", &json!(direct));
+        let answer = self
+            .post("chat.postMessage", Some(direct), card.into_string())
+            .await?;
         Ok(card_reference(direct, &answer))
     }
 
@@ -100,31 +107,48 @@ impl Surface for SlackSurface {
         group: &[RunEvent],
     ) -> Result<Option<Value>, AppError> {
         let data = reply_data(run, group, Self::LOG_CHARS, mention);
-        let mut message = self.render("thread_reply", data)?;
-        message["channel"] = card["channel"].clone();
-        message["thread_ts"] = card["card_ts"].clone();
-        self.post("chat.postMessage", &message).await.map(|_| None)
+        let message = self
+            .render("thread_reply", data)?
+            .with("channel", &card["channel"])
+            .with("thread_ts", &card["card_ts"]);
+        self.post(
+            "chat.postMessage",
+            card["channel"].as_str(),
+            message.into_string(),
+        )
+        .await
+        .map(|_| None)
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
-        let mut message = self.render("run_card", card_data(run, mention))?;
-        message["channel"] = card["channel"].clone();
-        message["ts"] = card["card_ts"].clone();
-        self.post("chat.update", &message).await.map(|_| ())
+        let message = self
+            .render("run_card", card_data(run, mention))?
+            .with("channel", &card["channel"])
+            .with("ts", &card["card_ts"]);
+        self.post("chat.update", None, message.into_string())
+            .await
+            .map(|_| ())
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
-        let mut message = self.render("approval_request", request_data(run, mention))?;
-        message["channel"] = json!(self.approval_channel);
-        let answer = self.post("chat.postMessage", &message).await?;
-        Ok(json!({"channel": self.approval_channel, "ts": answer["ts"]}))
+        let channel = &self.approval_channel;
+        let message = self
+            .render("approval_request", request_data(run, mention))?
+            .with("channel", &json!(channel));
+        let answer = self
+            .post("chat.postMessage", Some(channel), message.into_string())
+            .await?;
+        Ok(json!({"channel": channel, "ts": answer["ts"]}))
     }
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
-        let mut message = self.render("approval_request", request_data(run, mention))?;
-        message["channel"] = request["channel"].clone();
-        message["ts"] = request["ts"].clone();
-        self.post("chat.update", &message).await.map(|_| ())
+        let message = self
+            .render("approval_request", request_data(run, mention))?
+            .with("channel", &request["channel"])
+            .with("ts", &request["ts"]);
+        self.post("chat.update", None, message.into_string())
+            .await
+            .map(|_| ())
     }
 }
 
@@ -134,19 +158,25 @@ fn card_reference(channel: &str, answer: &Value) -> Value {
 }
 
 impl SlackSurface {
-    pub(super) fn render(&self, template: &str, data: Value) -> Result<Value, AppError> {
+    pub(super) fn render(&self, template: &str, data: Value) -> Result<MessageText, AppError> {
         self.messages
-            .render(template, data)
+            .render_message(template, data)
             .map_err(|e| AppError::Delivery(e.to_string()))
     }
 
-    /// Calls Slack, keeping the channel's pace and waiting out rate limits as Slack asks.
-    async fn post(&self, method: &str, body: &Value) -> Result<Value, AppError> {
-        if let ("chat.postMessage", Some(channel)) = (method, body["channel"].as_str()) {
+    /// Calls Slack, keeping the pace of the channel a message is posted to (`chat.postMessage`
+    /// to `channel`) and waiting out rate limits as Slack asks.
+    async fn post(
+        &self,
+        method: &str,
+        channel: Option<&str>,
+        body: String,
+    ) -> Result<Value, AppError> {
+        if let ("chat.postMessage", Some(channel)) = (method, channel) {
             self.pace.slot(channel).await;
         }
         loop {
-            match self.api.call(method, body).await {
+            match self.api.call_text(method, body.clone()).await {
                 Ok(answer) => return Ok(answer),
                 Err(SlackApiError::RateLimited(wait)) => tokio::time::sleep(wait).await,
                 Err(error) => return Err(AppError::Delivery(error.to_string())),

@@ -112,6 +112,11 @@ impl SlackApi {
 
     /// Calls a Web API method with a JSON body; the answer when Slack says `ok`.
     pub async fn call(&self, method: &str, body: &Value) -> Result<Value, SlackApiError> {
+        self.call_text(method, body.to_string()).await
+    }
+
+    /// [`SlackApi::call`] with the body's JSON text.
+    pub async fn call_text(&self, method: &str, body: String) -> Result<Value, SlackApiError> {
         let unreachable = |reason: String| SlackApiError::Unreachable {
             method: method.to_owned(),
             reason,
@@ -121,7 +126,7 @@ impl SlackApi {
             .post(self.url(method).map_err(unreachable)?)
             .bearer_auth(self.token.expose())
             .header("content-type", "application/json; charset=utf-8")
-            .body(serde_json::to_vec(body).expect("JSON values serialise"))
+            .body(body)
             .send()
             .await
             .map_err(|e| unreachable(e.without_url().to_string()))?;
