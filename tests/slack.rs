@@ -279,6 +279,21 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         "{card_text}"
     );
     let card_ts = common::slack_ts(at);
+    // The first delivery's events after the card are replies; the card it just placed shows
+    // that state already, so it is not updated to the same.
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
+        .await;
+    assert!(calls.iter().any(|c| c.body["thread_ts"] == card_ts));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| c.method == "chat.update" && c.body["channel"] == "C123"),
+        "{:?}",
+        fake.calls()
+    );
 
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();

@@ -2,7 +2,8 @@
 //!
 //! - [`Threads`]: for a run requested on the platform, the run card where it was requested,
 //!   then every later event as a reply in the card's thread (log lines that come together share
-//!   one message), and the card updated to the run's current status;
+//!   one message), and the card updated to the run's current status (unless this delivery
+//!   placed it, from the same reading);
 //! - [`Approvals`]: for every run that waits for approval, whatever its origin, a request with
 //!   `Approve` / `Decline` buttons in the platform's approval channel, updated after each decision.
 //!
@@ -102,15 +103,15 @@ impl<S: Surface> Deliver for Threads<S> {
         };
         let confirm = |seq, reference| record(app, S::THREADS, &pending, seq, reference);
         let mut rest = events.as_slice();
-        let mut card = match app.outbox_reference(S::THREADS, id)? {
-            Some(card) => card,
+        let (mut card, placed_now) = match app.outbox_reference(S::THREADS, id)? {
+            Some(card) => (card, false),
             None => {
                 // The card stands for the run's creation (its first event).
                 let card = surface.place_card(run, requested_in).await?;
                 let (first, others) = rest.split_first().expect("there are events");
                 confirm(first.seq, Some(card.clone())).await?;
                 rest = others;
-                card
+                (card, true)
             }
         };
         for group in group_for_thread(rest, S::LOG_CHARS) {
@@ -119,7 +120,8 @@ impl<S: Surface> Deliver for Threads<S> {
             confirm(seq, changed.clone()).await?;
             card = changed.unwrap_or(card);
         }
-        if !rest.is_empty() {
+        // A card placed in this delivery already shows this reading of the run.
+        if !rest.is_empty() && !placed_now {
             surface.update_card(&card, run).await?;
         }
         Ok(())
