@@ -121,13 +121,9 @@ impl Surface for SlackSurface {
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
-        let message = self
-            .render("run_card", card_data(run, mention))?
-            .with("channel", &card["channel"])
-            .with("ts", &card["card_ts"]);
-        self.post("chat.update", None, message.into_string())
+        let data = card_data(run, mention);
+        self.update("run_card", data, &card["channel"], &card["card_ts"])
             .await
-            .map(|_| ())
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
@@ -142,13 +138,14 @@ impl Surface for SlackSurface {
     }
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
-        let message = self
-            .render("approval_request", request_data(run, mention))?
-            .with("channel", &request["channel"])
-            .with("ts", &request["ts"]);
-        self.post("chat.update", None, message.into_string())
-            .await
-            .map(|_| ())
+        let data = request_data(run, mention);
+        self.update(
+            "approval_request",
+            data,
+            &request["channel"],
+            &request["ts"],
+        )
+        .await
     }
 }
 
@@ -162,6 +159,23 @@ impl SlackSurface {
         self.messages
             .render_message(template, data)
             .map_err(|e| AppError::Delivery(e.to_string()))
+    }
+
+    /// Edits the message at `ts` in `channel` to show `template` rendered from `data`.
+    async fn update(
+        &self,
+        template: &str,
+        data: Value,
+        channel: &Value,
+        ts: &Value,
+    ) -> Result<(), AppError> {
+        let message = self
+            .render(template, data)?
+            .with("channel", channel)
+            .with("ts", ts);
+        self.post("chat.update", None, message.into_string())
+            .await
+            .map(|_| ())
     }
 
     /// Calls Slack, keeping the pace of the channel a message is posted to (`chat.postMessage`

@@ -439,6 +439,15 @@ pub struct FakeSlack {
     last_post: Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
+/// A request header's text; empty when it is missing or not text.
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The pace the fake Slack enforces per channel (portbot's is set a little slower in tests).
 pub const FAKE_SLACK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(90);
 
@@ -470,13 +479,7 @@ impl FakeSlack {
                           body: axum::body::Bytes| {
                         let state = state.clone();
                         async move {
-                            let header = |name: &str| {
-                                headers
-                                    .get(name)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
+                            let header = |name: &str| header_text(&headers, name);
                             use axum::response::IntoResponse;
                             use std::sync::atomic::Ordering::SeqCst;
                             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -583,17 +586,10 @@ impl FakeSlack {
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
                 let state = state.clone();
                 async move {
-                    let header = |name: &str| {
-                        headers
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
                     state.calls.lock().unwrap().push(SlackCall {
                         method: "response_url".into(),
-                        authorization: header("authorization"),
-                        content_type: header("content-type"),
+                        authorization: header_text(&headers, "authorization"),
+                        content_type: header_text(&headers, "content-type"),
                         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
                     });
                     "ok"
