@@ -124,6 +124,17 @@ impl Application {
     }
 }
 
+/// How long a chat answer may take before it is deferred: under the 3 s Slack and Discord
+/// wait, or deferring would come too late to help.
+fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<std::time::Duration> {
+    if defer_after_ms >= 3_000 {
+        bail!(
+            "{platform}.defer_after_ms is {defer_after_ms}, but {platform} waits only 3000 ms for              an answer: set it lower (the default 2500 leaves room for the network)"
+        );
+    }
+    Ok(std::time::Duration::from_millis(defer_after_ms))
+}
+
 /// Slack, when enabled: the thread delivery worker and the endpoints. Missing secrets stop the
 /// start.
 fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
@@ -159,7 +170,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         messages,
         api,
         command: settings.slack.command.clone(),
-        defer_after: std::time::Duration::from_millis(settings.slack.defer_after_ms),
+        defer_after: answer_deadline("slack", settings.slack.defer_after_ms)?,
     };
     if let Some(app_token) = settings.slack.app_token.clone() {
         slack::socket::spawn(state.clone(), app_token);
@@ -213,7 +224,7 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         application_id,
         command: discord.command.clone(),
         answered: Arc::default(),
-        answer_within: std::time::Duration::from_millis(discord.defer_after_ms),
+        answer_within: answer_deadline("discord", discord.defer_after_ms)?,
     };
     if discord.gateway {
         discord::gateway::spawn(state.clone(), bot_token);
@@ -282,5 +293,24 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_deadline_must_come_before_the_platforms_3_seconds() {
+        assert_eq!(
+            answer_deadline("slack", 2500).unwrap(),
+            std::time::Duration::from_millis(2500)
+        );
+        assert!(answer_deadline("slack", 0).unwrap().is_zero());
+        let error = answer_deadline("discord", 3000).unwrap_err().to_string();
+        assert!(
+            error.starts_with("discord.defer_after_ms is 3000"),
+            "{error}"
+        );
     }
 }

@@ -37,15 +37,18 @@ mod tests {
             "*bold* _it_ `code` ~strike~ <https://evil|click>",
             &"x".repeat(10_000),
         ] {
-            let out = messages
-                .render("error", json!({"message": hostile}))
-                .unwrap();
-            let text = out.to_string();
-            assert!(!text.contains("<!channel>"), "{text}");
-            assert!(!text.contains("<https://evil"), "{text}");
-            for block in out["blocks"].as_array().unwrap() {
-                if let Some(t) = block["text"]["text"].as_str() {
-                    assert!(t.chars().count() <= 3000, "section too long");
+            for (template, data) in [
+                ("error", json!({"message": hostile})),
+                ("working", json!({"command": "/port", "text": hostile})),
+            ] {
+                let out = messages.render(template, data).unwrap();
+                let text = out.to_string();
+                assert!(!text.contains("<!channel>"), "{text}");
+                assert!(!text.contains("<https://evil"), "{text}");
+                for block in out["blocks"].as_array().unwrap() {
+                    if let Some(t) = block["text"]["text"].as_str() {
+                        assert!(t.chars().count() <= 3000, "section too long");
+                    }
                 }
             }
         }

@@ -53,7 +53,8 @@ pub struct SlackState {
     pub api: SlackApi,
     /// The slash command, e.g. `/port`, for help texts.
     pub command: String,
-    /// Past this, a command's answer follows at its `response_url` (`slack.defer_after_ms`).
+    /// Past this, a command's answer follows at its `response_url`, and a click is answered
+    /// while its decision goes on (`slack.defer_after_ms`).
     pub defer_after: Duration,
 }
 
