@@ -1,6 +1,6 @@
-//! The Slack Web API calls portbot makes (`chat.postMessage`, `chat.update`): JSON bodies with
-//! the bot token, Slack's `{ok, error}` answers and its 429 `Retry-After`, as typed errors the
-//! delivery can act on.
+//! The Slack Web API calls portbot makes (`chat.postMessage`, `chat.update`, …): JSON bodies
+//! with the bot token, Slack's `{ok, error}` answers and its 429 `Retry-After`, as typed errors
+//! the delivery can act on; and the late answers it posts to a command's `response_url`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
