@@ -414,7 +414,10 @@ impl DiscordState {
             Ok(mut message) => {
                 messages::fit(&mut message);
                 message["flags"] = json!(EPHEMERAL);
-                json!({"type": MESSAGE, "data": message})
+                // Moved in: `json!` would copy the message through its serializer.
+                let mut answer = json!({ "type": MESSAGE });
+                answer["data"] = message;
+                answer
             }
             Err(error) => {
                 tracing::error!(%error, "a Discord message did not render");
@@ -433,7 +436,9 @@ impl DiscordState {
         match self.messages.render(template, data) {
             Ok(mut modal) => {
                 messages::fit_modal(&mut modal);
-                json!({"type": MODAL, "data": modal})
+                let mut answer = json!({ "type": MODAL });
+                answer["data"] = modal;
+                answer
             }
             Err(error) => self.refusal(format!("the form could not be shown: {error}")),
         }
