@@ -3,7 +3,8 @@
 
 The throughput benches on this 2-core VM swing by 20 % within minutes, so two builds that
 differ by 5 % cannot be told apart there. Instruction counts can: the same binary and load give
-the same count to within about 0.3 %. This is how to compare builds and find where a run's work
+the same count to within about 1 % (`api` moved 322.5k / 325.2k between two runs on 2026-12-02:
+how many of a run's writes share one of the store's drain windows varies). This is how to compare builds and find where a run's work
 goes; the throughput benches stay the measure of the targets.
 
     python3 benches/instructions.py [--binary PATH] [--runs N] [--clients C] [--keep] MODE
