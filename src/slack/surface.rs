@@ -178,15 +178,15 @@ impl SlackSurface {
             .map(|_| ())
     }
 
-    /// Calls Slack, keeping the pace of the channel a message is posted to (`chat.postMessage`
-    /// to `channel`) and waiting out rate limits as Slack asks.
+    /// Calls Slack, waiting out rate limits as Slack asks; a message posted to a channel
+    /// (`paced_in`) first waits for that channel's next slot.
     async fn post(
         &self,
         method: &str,
-        channel: Option<&str>,
+        paced_in: Option<&str>,
         body: String,
     ) -> Result<Value, AppError> {
-        if let ("chat.postMessage", Some(channel)) = (method, channel) {
+        if let Some(channel) = paced_in {
             self.pace.slot(channel).await;
         }
         loop {
