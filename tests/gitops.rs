@@ -2,12 +2,13 @@
 //! real local bare repository. Create, day-2 and delete runs make exactly the expected commits
 //! and files; a second run on the same file is refused while the first is active; a merge
 //! (seen by polling) ends the run SUCCESS and updates the catalog; a deleted branch ends it
-//! FAILURE; hostile inputs land escaped in a file that parses (and passes `terraform fmt`).
+//! FAILURE; hostile inputs land escaped in a file that parses (and passes `terraform fmt`); a
+//! Slack form refused for a taken file after it closed tells its user why.
 
 mod common;
 
 use common::git::{terraform_fmt_check, BareRepo};
-use common::slack::{form, send_signed, SECRET};
+use common::slack::{form, form_answered_at, send_signed, submission, SECRET};
 use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
 
@@ -354,4 +355,92 @@ async fn a_run_cancelled_after_its_push_has_its_branch_deleted() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the branch of a cancelled run is still there, ready to be merged by mistake");
+}
+
+#[tokio::test]
+async fn a_slack_form_refused_after_it_closed_tells_the_user_why() {
+    let repo = BareRepo::new();
+    let slack = FakeSlack::start().await;
+    // 0: no answer is waited for, so what is not known at once comes after the form closed.
+    let app = spawn_with(&repo, |s| {
+        common::slack::enable(s, &slack);
+        s.slack.defer_after_ms = 0;
+    })
+    .await;
+    let first = app
+        .run_id(
+            DEV,
+            "add-documentdb-gitops",
+            Some("mailer"),
+            json!({"instances": 3}),
+        )
+        .await;
+    slack
+        .triggers
+        .lock()
+        .unwrap()
+        .insert("123.456.abc".into(), std::time::Instant::now());
+    let (status, _) = send_signed(
+        &app,
+        "/slack/commands",
+        &form_answered_at(
+            "UDEV",
+            "add-documentdb-gitops mailer",
+            &slack.response_url(),
+        ),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let calls = slack
+        .calls_when(|calls| calls.iter().any(|c| c.method == "views.open"))
+        .await;
+    let open = calls.iter().find(|c| c.method == "views.open").unwrap();
+    let key = open.body["view"]["private_metadata"].as_str().unwrap();
+    let instances = |v: &str| json!({"instances": {"value": {"type": "number_input", "value": v}}});
+
+    // What the form's inputs break is still shown in place: checking waits for nothing.
+    let (status, body) = send_signed(
+        &app,
+        "/slack/interactions",
+        &submission("UDEV", key, instances("9")),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        reply["errors"]["instances"],
+        "instances must be at most 5 (got 9)"
+    );
+
+    // The file is taken, which creating finds: the form has closed by then, so the user is
+    // told privately in the channel of the command.
+    let (status, body) = send_signed(
+        &app,
+        "/slack/interactions",
+        &submission("UDEV", key, instances("2")),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, ""), "the form closes");
+    let calls = slack
+        .calls_when(|calls| calls.iter().any(|c| c.method == "chat.postEphemeral"))
+        .await;
+    let refusal = calls
+        .iter()
+        .find(|c| c.method == "chat.postEphemeral")
+        .expect("a private refusal");
+    assert_eq!(refusal.body["channel"], "C123");
+    assert_eq!(refusal.body["user"], "UDEV");
+    let text = refusal.body["blocks"].to_string();
+    assert!(
+        text.contains("The run was not created") && text.contains(FILE) && text.contains(&first),
+        "{text}"
+    );
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
 }

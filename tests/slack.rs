@@ -5,7 +5,8 @@
 mod common;
 
 use common::slack::{
-    click, form, form_answered_at, send_signed, signature, submission, BOT_TOKEN, SECRET,
+    click, decline_submission, form, form_answered_at, send_signed, signature, submission,
+    BOT_TOKEN, SECRET,
 };
 use common::{mentions, verify_port_signature, FakeSlack, Receiver, TestApp};
 use serde_json::{json, Value};
@@ -142,6 +143,73 @@ async fn an_answer_not_ready_in_time_follows_at_the_response_url() {
         all_text(&refusal.body).contains("instances"),
         "{:?}",
         refusal.body
+    );
+    assert_eq!(run_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn forms_show_their_problems_at_once_and_close_while_the_rest_goes_on() {
+    let fake = FakeSlack::start().await;
+    // 0: no answer is ever waited for: only what is checked without waiting is answered.
+    let app = slack_app_tweaked(&fake, |s| s.slack.defer_after_ms = 0).await;
+    fake.triggers
+        .lock()
+        .unwrap()
+        .insert("123.456.abc".into(), std::time::Instant::now());
+    let form = form_answered_at("UDEV", "add-documentdb mailer", &fake.response_url());
+    let (status, _) = post_signed(&app, &form, chrono::Utc::now().timestamp(), SECRET).await;
+    assert_eq!(status, 200);
+    let opened = |calls: &[common::SlackCall]| {
+        calls
+            .iter()
+            .filter(|c| c.method == "views.open")
+            .map(|c| {
+                c.body["view"]["private_metadata"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+    };
+    let key = opened(&fake.calls_when(|c| !opened(c).is_empty()).await)[0].clone();
+    let instances = |v: &str| json!({"instances": {"value": {"type": "number_input", "value": v}}});
+    let (_, body) = post_interaction_reply(&app, &submission("UDEV", &key, instances("0"))).await;
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        reply["errors"]["instances"],
+        "instances must be at least 1 (got 0)"
+    );
+    let (status, body) =
+        post_interaction_reply(&app, &submission("UDEV", &key, instances("2"))).await;
+    assert_eq!((status, body.as_str()), (200, ""), "the form closes");
+    let run = loop {
+        let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+        if let Some(id) = runs["runs"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(app.run(&run).await["properties"]["instances"], 2);
+
+    // The reason form: who may not decline is told in the form; a decline closes it at once.
+    post_interaction(&app, &click("UOPS", "decline", &run)).await;
+    let metadata = opened(&fake.calls_when(|c| opened(c).len() == 2).await)[1].clone();
+    let (_, body) =
+        post_interaction_reply(&app, &decline_submission("UDEV", &metadata, "mine")).await;
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        reply["errors"]["reason"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not decide")),
+        "{reply}"
+    );
+    let (status, body) =
+        post_interaction_reply(&app, &decline_submission("UOPS", &metadata, "not now")).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let declined = app.wait_for(&run, "DECLINED").await;
+    assert_eq!(
+        declined["approval"]["decisions"][0]["description"],
+        "not now"
     );
     assert_eq!(run_count(&app).await, 1);
 }
@@ -732,25 +800,16 @@ async fn declining_asks_for_a_reason_that_reaches_the_requester() {
         .find(|c| c.method == "views.open")
         .expect("a reason form");
     assert_eq!(open.body["trigger_id"], "123.456.def");
-    assert_eq!(open.body["view"]["private_metadata"], run);
+    // The form carries the run and the channel of the click.
+    let metadata = open.body["view"]["private_metadata"].as_str().unwrap();
+    assert_eq!(metadata, format!("{run} CAPPROVE"));
     assert_eq!(
         app.run(&run).await["status"],
         "WAITING_FOR_APPROVAL",
         "nothing is decided before the form"
     );
 
-    let mut payload: Value = serde_json::from_str(
-        &serde_urlencoded::from_str::<Vec<(String, String)>>(&submission(
-            "UOPS",
-            &run,
-            json!({"reason": {"value": {"type": "plain_text_input", "value": "too big for now"}}}),
-        ))
-        .unwrap()[0]
-            .1,
-    )
-    .unwrap();
-    payload["view"]["callback_id"] = json!("portbot_decline");
-    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    let body = decline_submission("UOPS", metadata, "too big for now");
     let (status, reply) = post_interaction_reply(&app, &body).await;
     assert_eq!((status, reply.as_str()), (200, ""));
     let declined = app.run(&run).await;

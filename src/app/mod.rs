@@ -54,6 +54,19 @@ pub enum AppError {
     Delivery(String),
 }
 
+/// A request that passed its checks ([`App::check_run`]) and is not stored yet.
+pub struct CheckedRun {
+    run: Run,
+    kinds: Vec<EventKind>,
+}
+
+impl CheckedRun {
+    /// Where its run card goes, if it came from a chat.
+    pub fn channel(&self) -> Option<&str> {
+        self.run.channel.as_deref()
+    }
+}
+
 /// What a backend or API client may change on a run (Port's `PATCH /runs/{id}`).
 #[derive(Debug, Clone, Default)]
 pub struct RunPatch {
@@ -212,28 +225,48 @@ impl App {
         origin: &str,
         channel: Option<&str>,
     ) -> Result<Run, AppError> {
+        let checked = self.check_run(who, action, entity, inputs, origin, channel)?;
+        self.create_run(checked).await
+    }
+
+    /// Checks a request, without waiting for anything or storing anything: a form can show
+    /// what is wrong at once and leave only the durable write to come after its answer.
+    pub fn check_run(
+        &self,
+        who: &Identity,
+        action: &str,
+        entity: Option<&str>,
+        inputs: RawInputs,
+        origin: &str,
+        channel: Option<&str>,
+    ) -> Result<CheckedRun, AppError> {
         let action = self.action(action)?;
         let now = Utc::now();
-        let (mut run, kinds) = {
-            // The entity is read in place; the catalog's lock goes before anything awaits.
-            let catalog = self.catalog();
-            let checked =
-                action.check_request(who, entity, inputs, &catalog, &self.inner.directory)?;
-            let sequence = self.inner.run_sequence.fetch_add(1, Ordering::Relaxed);
-            let id = RunId::new(now.timestamp_millis() as u64, sequence, rand::random());
-            Run::create(
-                NewRun {
-                    id,
-                    action,
-                    entity: checked.entity,
-                    properties: checked.inputs,
-                    created_by: who.clone(),
-                    origin: origin.to_owned(),
-                    channel: channel.map(str::to_owned),
-                },
-                now,
-            )
-        };
+        // The entity is read in place; the catalog's lock goes before anything awaits.
+        let catalog = self.catalog();
+        let checked = action.check_request(who, entity, inputs, &catalog, &self.inner.directory)?;
+        let sequence = self.inner.run_sequence.fetch_add(1, Ordering::Relaxed);
+        let id = RunId::new(now.timestamp_millis() as u64, sequence, rand::random());
+        let (run, kinds) = Run::create(
+            NewRun {
+                id,
+                action,
+                entity: checked.entity,
+                properties: checked.inputs,
+                created_by: who.clone(),
+                origin: origin.to_owned(),
+                channel: channel.map(str::to_owned),
+            },
+            now,
+        );
+        Ok(CheckedRun { run, kinds })
+    }
+
+    /// Creates a checked run, once no active run holds its files (GITOPS); answers once it is
+    /// durable.
+    pub async fn create_run(&self, checked: CheckedRun) -> Result<Run, AppError> {
+        let CheckedRun { mut run, kinds } = checked;
+        let action = self.action(run.action.identifier.as_str())?;
         let _locks = match action.invocation {
             Invocation::Gitops(_) => Some(self.inner.file_locks.lock().await),
             _ => None,

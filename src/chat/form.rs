@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, CheckedRun};
 use crate::core::action::{RawInputs, RequestError};
 use crate::core::ids::{EntityId, Identity};
 use crate::core::run::Run;
@@ -110,12 +110,26 @@ pub async fn submit(
     who: &Identity,
     submitted: Vec<(String, String)>,
 ) -> Submitted {
+    match check(app, key, who, submitted) {
+        Ok(checked) => create(app, key, checked).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// The first half of [`submit`], which waits for nothing: the run the form asks for, or why
+/// there is none (so a platform can show the problems in the form at once).
+pub fn check(
+    app: &App,
+    key: &str,
+    who: &Identity,
+    submitted: Vec<(String, String)>,
+) -> Result<CheckedRun, Submitted> {
     let asked = match app.form(key) {
         Ok(Some(saved)) => serde_json::from_value::<FormState>(saved).ok(),
         _ => None,
     };
     let Some(asked) = asked.filter(|a| a.user == *who) else {
-        return Submitted::Expired;
+        return Err(Submitted::Expired);
     };
     let mut inputs: Vec<(String, String)> = asked
         .given
@@ -123,24 +137,34 @@ pub async fn submit(
         .filter(|(name, _)| !submitted.iter().any(|(n, _)| n == name))
         .collect();
     inputs.extend(submitted);
-    let created = app
-        .request_run(
-            who,
-            &asked.action,
-            asked.entity.as_deref(),
-            RawInputs::Text(inputs),
-            &asked.origin,
-            Some(&asked.channel),
-        )
-        .await;
-    match created {
+    app.check_run(
+        who,
+        &asked.action,
+        asked.entity.as_deref(),
+        RawInputs::Text(inputs),
+        &asked.origin,
+        Some(&asked.channel),
+    )
+    .map_err(refusal)
+}
+
+/// The second half of [`submit`]: the checked run is created and its form dropped.
+pub async fn create(app: &App, key: &str, checked: CheckedRun) -> Submitted {
+    match app.create_run(checked).await {
         Ok(run) => {
             if let Err(error) = app.save_form(key, None).await {
                 tracing::warn!(%error, "a used form was not dropped");
             }
             Submitted::Created(Box::new(run))
         }
-        Err(AppError::Request(RequestError::Inputs(problems))) => {
+        Err(error) => refusal(error),
+    }
+}
+
+/// Why a submitted form made no run: its problems by input, or the refusal.
+fn refusal(error: AppError) -> Submitted {
+    match error {
+        AppError::Request(RequestError::Inputs(problems)) => {
             let mut listed: Vec<(String, String)> = problems
                 .invalid
                 .iter()
@@ -154,7 +178,7 @@ pub async fn submit(
             );
             Submitted::Problems(listed)
         }
-        Err(error) => Submitted::Refused(error.to_string()),
+        error => Submitted::Refused(error.to_string()),
     }
 }
 

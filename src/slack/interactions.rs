@@ -1,9 +1,11 @@
-//! `POST /slack/interactions`: the `Approve` and `Decline` buttons of approval requests.
+//! `POST /slack/interactions`: the `Approve` and `Decline` buttons of approval requests, and
+//! the submitted forms (missing inputs, a decline's reason).
 //!
 //! The click is decided under the same rules as everywhere (the app's `decide`), and Slack gets
 //! its 200 once the decision is stored, or after `slack.defer_after_ms` while it goes on.
 //! `Decline` first asks a permitted decliner for an optional reason (a modal); the decline is
-//! made when it is submitted. Whoever may not decide gets an ephemeral refusal
+//! made when it is submitted. A form's problems are answered in it at once (checking waits for
+//! nothing); only storing may go on after the form closed. Whoever may not decide gets an ephemeral refusal
 //! (`chat.postEphemeral`, sent after the ack so a slow Slack never delays it); the request
 //! message itself is updated by the approvals consumer once the decision is stored.
 
@@ -139,7 +141,7 @@ async fn click(
         // A permitted decliner is asked for a reason first; the decline happens on submit.
         match state.app.may_decide(who, run) {
             Err(error) => tell(error),
-            Ok(()) => match open_decline_form(state, &payload.trigger_id, run).await {
+            Ok(()) => match open_decline_form(state, &payload.trigger_id, run, &channel).await {
                 Ok(()) => {}
                 Err(why) => {
                     tracing::warn!(%why, "no reason form; declining without a reason");
@@ -154,16 +156,31 @@ async fn click(
     }
 }
 
-/// Tells a Slack user, privately, why their click did nothing; sent after the ack.
-fn refuse(state: &SlackState, channel: &str, user: &str, text: String) {
+/// Tells a Slack user, privately, why their click or form did nothing (`error.hbs`); sent
+/// after the ack.
+fn refuse(state: &SlackState, channel: &str, user: &str, message: String) {
     if channel.is_empty() {
         return;
     }
-    let refusal = json!({"channel": channel, "user": user, "text": text});
+    let refusal = match state
+        .messages
+        .render_message("error", json!({ "message": message }))
+    {
+        Ok(text) => text
+            .with("channel", &Value::from(channel))
+            .with("user", &Value::from(user)),
+        Err(error) => {
+            tracing::error!(%error, "a Slack refusal did not render");
+            return;
+        }
+    };
     let api = state.api.clone();
     tokio::spawn(async move {
-        if let Err(error) = api.call("chat.postEphemeral", &refusal).await {
-            tracing::warn!(%error, "could not tell a Slack user why their click was refused");
+        if let Err(error) = api
+            .call_text("chat.postEphemeral", refusal.into_string())
+            .await
+        {
+            tracing::warn!(%error, "could not tell a Slack user why they were refused");
         }
     });
 }
@@ -173,10 +190,12 @@ async fn open_decline_form(
     state: &SlackState,
     trigger_id: &str,
     run: &RunId,
+    channel: &str,
 ) -> Result<(), String> {
     let run = state.app.run(run).map_err(|e| e.to_string())?;
     let mut data = card_data(&run, mention);
     data["callback_id"] = json!(DECLINE_CALLBACK_ID);
+    data["private_metadata"] = json!(format!("{} {channel}", run.id));
     let view = state
         .messages
         .render("decline_modal", data)
@@ -192,66 +211,107 @@ async fn open_decline_form(
         .map_err(|e| e.to_string())
 }
 
-/// A submitted reason form: the decline, with the reason as its description.
-async fn submit_decline(state: &SlackState, payload: &Value) -> Response {
+/// A submitted reason form: the decline, with the reason as its description. Who may not
+/// decline is told in the form; past `defer_after` the form closes while the decline goes on,
+/// and a refusal that comes after (someone decided first) reaches the decliner privately in
+/// the channel of the click.
+async fn submit_decline(state: &Arc<SlackState>, payload: &Value) -> Response {
     let view = &payload["view"];
     let reason = view["state"]["values"]["reason"]["value"]["value"]
         .as_str()
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .map(str::to_owned);
-    let who = Identity::try_from(format!(
-        "slack:{}",
-        payload["user"]["id"].as_str().unwrap_or_default()
-    ));
-    let run = RunId::try_from(
-        view["private_metadata"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    );
-    let (Ok(who), Ok(run)) = (who, run) else {
+    let user = payload["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // `RUN CHANNEL`; a form opened before the channel was added carries the run alone.
+    let metadata = view["private_metadata"].as_str().unwrap_or_default();
+    let (run, channel) = metadata.split_once(' ').unwrap_or((metadata, ""));
+    let (Ok(who), Ok(run)) = (
+        Identity::try_from(format!("slack:{user}")),
+        RunId::try_from(run.to_owned()),
+    ) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    match state
-        .app
-        .decide(&who, &run, Decision::Decline, reason)
-        .await
-    {
-        Ok(_) => StatusCode::OK.into_response(),
-        Err(error) => {
-            Json(json!({"response_action": "errors", "errors": {"reason": error.to_string()}}))
-                .into_response()
+    let reason_error = |error: AppError| {
+        Json(json!({"response_action": "errors", "errors": {"reason": error.to_string()}}))
+            .into_response()
+    };
+    if let Err(error) = state.app.may_decide(&who, &run) {
+        return reason_error(error);
+    }
+    let worker = state.clone();
+    let work = async move {
+        worker
+            .app
+            .decide(&who, &run, Decision::Decline, reason)
+            .await
+            .map(|_| ())
+    };
+    let late = state.clone();
+    let channel = channel.to_owned();
+    let late_user = user.clone();
+    let decided = super::within(state.defer_after, work, move |decided| async move {
+        if let Err(error) = decided {
+            refuse(&late, &channel, &late_user, error.to_string());
         }
+    });
+    match decided.await {
+        Some(Err(error)) => reason_error(error),
+        Some(Ok(())) | None => StatusCode::OK.into_response(),
     }
 }
 
-/// A submitted form for missing inputs (see `chat::form::submit`). Problems come back under
-/// the field they concern, so the user fixes them in place; Slack shows errors only under
-/// fields of the form, so the others go under the first one.
-async fn submit_form(state: &SlackState, payload: &Value) -> Response {
+/// A submitted form for missing inputs (see `chat::form`). Problems come back under the field
+/// they concern, so the user fixes them in place. What is checked is answered at once; past
+/// `defer_after` the form closes while the run is stored, and a refusal that comes after it
+/// (a GITOPS file taken meanwhile, a store error) reaches the user privately in the channel
+/// of the command.
+async fn submit_form(state: &Arc<SlackState>, payload: &Value) -> Response {
     let view = &payload["view"];
     let submitted = submitted_values(&view["state"]);
-    let first_field = submitted
-        .first()
-        .map(|(name, _)| name.clone())
-        .unwrap_or_default();
     let fields: Vec<String> = submitted.iter().map(|(name, _)| name.clone()).collect();
-    let Ok(who) = Identity::try_from(format!(
-        "slack:{}",
-        payload["user"]["id"].as_str().unwrap_or_default()
-    )) else {
+    let user = payload["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let Ok(who) = Identity::try_from(format!("slack:{user}")) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let key = view["private_metadata"].as_str().unwrap_or_default();
-    let problems = match form::submit(&state.app, key, &who, submitted).await {
-        Submitted::Created(_) => return StatusCode::OK.into_response(),
-        Submitted::Expired => vec![(
-            first_field.clone(),
-            "This form has expired; run the command again.".to_owned(),
-        )],
-        Submitted::Refused(message) => vec![(first_field.clone(), message)],
-        Submitted::Problems(problems) => problems,
+    let key = view["private_metadata"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let checked = match form::check(&state.app, &key, &who, submitted) {
+        Ok(checked) => checked,
+        Err(outcome) => return form_answer(outcome, &fields),
+    };
+    let channel = checked.channel().unwrap_or_default().to_owned();
+    let worker = state.clone();
+    let work = async move { form::create(&worker.app, &key, checked).await };
+    let late = state.clone();
+    let created = super::within(state.defer_after, work, move |outcome| async move {
+        if let Some(problems) = form_problems(outcome, "") {
+            let listed: Vec<String> = problems.into_iter().map(|(_, message)| message).collect();
+            let message = format!("The run was not created: {}", listed.join("; "));
+            refuse(&late, &channel, &user, message);
+        }
+    });
+    match created.await {
+        Some(outcome) => form_answer(outcome, &fields),
+        None => StatusCode::OK.into_response(),
+    }
+}
+
+/// What a submitted form's outcome says under its fields: an empty 200 (which closes the form)
+/// for a run made, else the errors. Slack shows errors only under fields of the form, so the
+/// others go under the first one.
+fn form_answer(outcome: Submitted, fields: &[String]) -> Response {
+    let first_field = fields.first().map(String::as_str).unwrap_or_default();
+    let Some(problems) = form_problems(outcome, first_field) else {
+        return StatusCode::OK.into_response();
     };
     let (shown, elsewhere): (Vec<_>, Vec<_>) = problems
         .into_iter()
@@ -262,7 +322,21 @@ async fn submit_form(state: &SlackState, payload: &Value) -> Response {
         .collect();
     if !elsewhere.is_empty() {
         let text: Vec<String> = elsewhere.into_iter().map(|(_, message)| message).collect();
-        errors.insert(first_field, Value::from(text.join("; ")));
+        errors.insert(first_field.to_owned(), Value::from(text.join("; ")));
     }
     Json(json!({"response_action": "errors", "errors": errors})).into_response()
+}
+
+/// A form's problems by field (those that concern no input under `general`); none when its
+/// run was made.
+fn form_problems(outcome: Submitted, general: &str) -> Option<Vec<(String, String)>> {
+    match outcome {
+        Submitted::Created(_) => None,
+        Submitted::Expired => Some(vec![(
+            general.to_owned(),
+            "This form has expired; run the command again.".to_owned(),
+        )]),
+        Submitted::Refused(message) => Some(vec![(general.to_owned(), message)]),
+        Submitted::Problems(problems) => Some(problems),
+    }
 }

@@ -127,3 +127,16 @@ pub fn submission(user: &str, key: &str, values: Value) -> String {
     });
     serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }
+
+/// A submission of the reason form a decliner gets, as Slack posts it; `metadata` is what the
+/// opened form carried.
+pub fn decline_submission(user: &str, metadata: &str, reason: &str) -> String {
+    let values = json!({"reason": {"value": {"type": "plain_text_input", "value": reason}}});
+    let form = submission(user, metadata, values);
+    let mut payload: Value = serde_json::from_str(
+        &serde_urlencoded::from_str::<Vec<(String, String)>>(&form).unwrap()[0].1,
+    )
+    .unwrap();
+    payload["view"]["callback_id"] = json!("portbot_decline");
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
