@@ -145,6 +145,35 @@ async fn an_answer_not_ready_in_time_follows_at_the_response_url() {
         refusal.body
     );
     assert_eq!(run_count(&app).await, 1);
+
+    // A response_url that no longer takes answers (Slack's 404): the answer goes to the user
+    // privately through the Web API instead.
+    let expired = format!("http://{}/expired/T1/2/secret", fake.addr);
+    post_signed(
+        &app,
+        &form_answered_at("UDEV", "add-documentdb mailer instances=4", &expired),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.method == "chat.postEphemeral"))
+        .await;
+    let private = calls
+        .iter()
+        .find(|c| c.method == "chat.postEphemeral")
+        .expect("the answer, privately");
+    assert_eq!(private.authorization, format!("Bearer {BOT_TOKEN}"));
+    assert_eq!(
+        (&private.body["channel"], &private.body["user"]),
+        (&json!("C123"), &json!("UDEV"))
+    );
+    assert!(
+        all_text(&private.body).contains("WAITING_FOR_APPROVAL"),
+        "{:?}",
+        private.body
+    );
+    assert_eq!(run_count(&app).await, 2);
 }
 
 #[tokio::test]

@@ -126,7 +126,11 @@ pub(crate) async fn command_reply(state: &Arc<SlackState>, mut form: SlashComman
     let Ok(who) = Identity::try_from(format!("slack:{}", form.user_id)) else {
         return (StatusCode::BAD_REQUEST, "no user_id").into_response();
     };
-    let response_url = std::mem::take(&mut form.response_url);
+    let late_to = LateAnswer {
+        response_url: std::mem::take(&mut form.response_url),
+        channel: form.channel_id.clone(),
+        user: form.user_id.clone(),
+    };
     let typed = form.text.clone();
     let worker = state.clone();
     let work = async move {
@@ -139,7 +143,7 @@ pub(crate) async fn command_reply(state: &Arc<SlackState>, mut form: SlashComman
     let late = state.clone();
     let answered = within(state.defer_after, work, |body| async move {
         if let Some(body) = body {
-            answer_late(&late, &response_url, body).await;
+            late_to.send(&late, body).await;
         }
     });
     match answered.await {
@@ -184,11 +188,37 @@ fn respond(body: Option<String>) -> Response {
     }
 }
 
-/// Sends an answer that was not ready in time to the command's `response_url`.
-async fn answer_late(state: &SlackState, response_url: &str, body: String) {
-    match state.api.respond(response_url, body).await {
-        Ok(()) => tracing::info!("a Slack command's answer followed at its response_url"),
-        Err(error) => tracing::warn!(%error, "a Slack command's late answer was not delivered"),
+/// Where a command's answer that was not ready in time goes: its `response_url`, or, should
+/// that fail (expired, or Slack unreachable three times), privately to the user in the
+/// command's channel through the Web API.
+struct LateAnswer {
+    response_url: String,
+    channel: String,
+    user: String,
+}
+
+impl LateAnswer {
+    async fn send(self, state: &SlackState, body: String) {
+        let error = match state.api.respond(&self.response_url, body.clone()).await {
+            Ok(()) => {
+                return tracing::info!("a Slack command's answer followed at its response_url")
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(%error, "a Slack command's late answer failed at its response_url; sending it privately instead");
+        let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(&body) else {
+            return;
+        };
+        message.remove("response_type");
+        message.insert("channel".into(), Value::from(self.channel));
+        message.insert("user".into(), Value::from(self.user));
+        if let Err(error) = state
+            .api
+            .call("chat.postEphemeral", &Value::Object(message))
+            .await
+        {
+            tracing::warn!(%error, "a Slack command's late answer was not delivered");
+        }
     }
 }
 
