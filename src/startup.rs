@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::app::{worker, App};
 use crate::backends::{self, BackendConfig};
+use crate::background::Background;
 use crate::chat::delivery::{self, Approvals, Surface, Threads};
 use crate::config::Settings;
 use crate::definitions;
@@ -25,6 +26,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     app: App,
+    /// Where deliveries and backend invocations run, behind the requests.
+    background: Background,
 }
 
 impl Application {
@@ -69,6 +72,8 @@ impl Application {
             }
         }
         let app = App::new(store, definitions, consumers, Metrics::new()).await?;
+        let background = Background::start().context("cannot start the background threads")?;
+        let on_background = background.enter();
         backends::spawn(
             app.clone(),
             BackendConfig {
@@ -81,16 +86,17 @@ impl Application {
                 public_url: settings.server.public_url.clone(),
             },
         );
+        drop(on_background);
         let mut router = api::router(ApiState {
             app: app.clone(),
             clients: Arc::new(settings.api.clients.clone()),
             token_ttl_seconds: settings.api.token_ttl_seconds,
         });
         if settings.slack.enabled {
-            router = router.merge(start_slack(&settings, &app)?);
+            router = router.merge(start_slack(&settings, &app, &background)?);
         }
         if settings.discord.enabled {
-            router = router.merge(start_discord(&settings, &app)?);
+            router = router.merge(start_discord(&settings, &app, &background)?);
         }
         if let Some(secret) = settings.github.webhook_secret.clone() {
             router = router.merge(crate::github::webhook::router(app.clone(), secret));
@@ -102,6 +108,7 @@ impl Application {
             listener,
             router,
             app,
+            background,
         })
     }
 
@@ -115,12 +122,15 @@ impl Application {
         &self.app
     }
 
-    /// Serves until SIGINT or SIGTERM, then finishes requests in flight.
+    /// Serves until SIGINT or SIGTERM, then finishes requests in flight; deliveries and
+    /// invocations stop after them (what they had not done stays due in the store).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "portbot is serving");
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown_signal())
-            .await
+            .await;
+        drop(self.background);
+        served
     }
 }
 
@@ -129,7 +139,8 @@ impl Application {
 fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<std::time::Duration> {
     if defer_after_ms >= 3_000 {
         bail!(
-            "{platform}.defer_after_ms is {defer_after_ms}, but {platform} waits only 3000 ms for              an answer: set it lower (the default 2500 leaves room for the network)"
+            "{platform}.defer_after_ms is {defer_after_ms}, but {platform} waits only 3000 ms for \
+             an answer: set it lower (the default 2500 leaves room for the network)"
         );
     }
     Ok(std::time::Duration::from_millis(defer_after_ms))
@@ -137,7 +148,11 @@ fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<std::t
 
 /// Slack, when enabled: the thread delivery worker and the endpoints. Missing secrets stop the
 /// start.
-fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
+fn start_slack(
+    settings: &Settings,
+    app: &App,
+    background: &Background,
+) -> anyhow::Result<axum::Router> {
     let (Some(signing_secret), Some(bot_token)) = (
         settings.slack.signing_secret.clone(),
         settings.slack.bot_token.clone(),
@@ -148,10 +163,12 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         );
     };
     let messages = Arc::new(slack::load_messages(&settings.templates.path)?);
-    let api = slack::SlackApi::new(&settings.slack.api_url, bot_token);
+    let api = slack::SlackApi::new(&settings.slack.api_url, bot_token.clone());
     let surface = SlackSurface {
         app: app.clone(),
-        api: api.clone(),
+        // A client of its own: a connection's work runs where it was opened, and the answers'
+        // calls (`views.open`, `response_url`) must not wait on the background threads.
+        api: slack::SlackApi::new(&settings.slack.api_url, bot_token),
         messages: messages.clone(),
         pace: crate::chat::pace::Pace::new(std::time::Duration::from_millis(
             settings.slack.message_interval_ms,
@@ -159,6 +176,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(
+        background,
         app,
         surface,
         settings.slack.approval_channel.is_some(),
@@ -180,7 +198,11 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
 
 /// Discord, when enabled: the delivery workers and the interactions endpoint. Missing or bad
 /// settings stop the start.
-fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
+fn start_discord(
+    settings: &Settings,
+    app: &App,
+    background: &Background,
+) -> anyhow::Result<axum::Router> {
     let discord = &settings.discord;
     let (Some(bot_token), Some(application_id)) =
         (discord.bot_token.clone(), discord.application_id.clone())
@@ -211,6 +233,7 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         approval_channel: discord.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(
+        background,
         app,
         surface,
         discord.approval_channel.is_some(),
@@ -244,9 +267,16 @@ fn discord_verifier(public_key: &str) -> anyhow::Result<serenity::interactions_e
         .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))
 }
 
-/// A chat platform's outbox workers: its run cards and threads and, when it has an approval
-/// channel, its approval requests.
-fn spawn_deliveries<S: Surface>(app: &App, surface: S, approvals: bool, max_concurrent: usize) {
+/// A chat platform's outbox workers, in the background: its run cards and threads and, when it
+/// has an approval channel, its approval requests.
+fn spawn_deliveries<S: Surface>(
+    background: &Background,
+    app: &App,
+    surface: S,
+    approvals: bool,
+    max_concurrent: usize,
+) {
+    let _on_background = background.enter();
     if approvals {
         let requests = Approvals(surface.clone());
         worker::spawn(app.clone(), S::APPROVALS, requests, max_concurrent);

@@ -35,7 +35,8 @@ pub struct Knobs {
 }
 
 impl Knobs {
-    /// `BENCH_SECONDS` [8], `BENCH_WARMUP` [1], `BENCH_CLIENTS` [64], `BENCH_ROUNDS` [4].
+    /// `BENCH_SECONDS` [8], `BENCH_WARMUP` [1], `BENCH_CLIENTS` [64], `BENCH_ROUNDS` [4]; and
+    /// `BENCH_TRACE=FILE` writes every measured answer's time and latency there (see [`trace`]).
     pub fn from_env() -> Knobs {
         Knobs {
             seconds: env_u64("BENCH_SECONDS", 8).max(1),
@@ -286,9 +287,33 @@ pub struct Platform<const N: usize> {
     pub calls: Box<dyn Fn() -> [u64; N]>,
 }
 
+/// Microseconds from the bench's first reading of this clock to `at`.
+fn bench_clock_us(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_micros() as u64
+}
+
+/// Appends one line per measured answer to `path`: `<phase> <sent at, µs> <latency, µs>`. To
+/// see when slow answers come (a tail in bursts at one moment of each second is work on a
+/// timer; spread evenly, it is queueing), `BENCH_TRACE=FILE`.
+fn trace(path: &str, phase: &str, tally: &Tally) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    let mut out = std::io::BufWriter::new(file.expect("the trace file opens"));
+    for (at, us) in tally.started_us.iter().zip(&tally.latency_us) {
+        writeln!(out, "{phase} {at} {us}").expect("the trace is written");
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     latency_us: Vec<u32>,
+    /// When each of those was sent, on [`bench_clock_us`]'s clock, in the same order.
+    started_us: Vec<u64>,
     /// Good answers, at any time (warm-up included).
     acked_total: u64,
     errors: Errors,
@@ -297,6 +322,7 @@ struct Tally {
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latency_us.extend(other.latency_us);
+        self.started_us.extend(other.started_us);
         self.acked_total += other.acked_total;
         self.errors.merge(other.errors);
     }
@@ -355,6 +381,7 @@ async fn drive(
                         if started >= measure_from {
                             let us = started.elapsed().as_micros().min(u32::MAX as u128);
                             tally.latency_us.push(us as u32);
+                            tally.started_us.push(bench_clock_us(started));
                             let second = started.duration_since(measure_from).as_secs() as usize;
                             if let Some(bucket) = per_second.get(second) {
                                 bucket.fetch_add(1, Ordering::Relaxed);
@@ -475,6 +502,9 @@ async fn phase<const N: usize>(
     let (cpu1, calls1, rss) = (cpu_split(), calls(), rss_mib());
     let seconds = measure_from.elapsed().as_secs_f64();
     let tally = load.await.expect("the load generator panicked");
+    if let Ok(path) = std::env::var("BENCH_TRACE") {
+        trace(&path, name, &tally);
+    }
     Phase {
         name,
         seconds,
