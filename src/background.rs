@@ -14,9 +14,12 @@ use std::io;
 
 use tokio::runtime::{EnterGuard, Handle, Runtime};
 
-/// How far behind the request threads the background threads are scheduled (the `nice` value;
-/// at 10 a thread gets about a tenth of the CPU a busy request thread does).
-const NICE: libc::c_int = 10;
+/// How far behind the request threads the background threads are scheduled: the `nice` value,
+/// at which a busy thread gets about a third of the CPU a busy request thread does. Further
+/// back (10, 19) made completing a run slower in `api_runs` (p99 21–25 ms against 17–18): a
+/// background task that holds a run's lock across its commit is resumed later, and the request
+/// waiting for that lock with it.
+const NICE: libc::c_int = 5;
 
 /// The background runtime; it stops, dropping its tasks, when this is dropped.
 pub struct Background {

@@ -230,7 +230,7 @@ async fn commands_get_context_and_their_output_and_exit_code_count() {
     );
     assert!(logs.contains(&"oops".to_owned()), "{logs:?}");
     // Started from the background threads, the program runs behind portbot's answers.
-    assert!(logs.contains(&"niceness 10".to_owned()), "{logs:?}");
+    assert!(logs.contains(&"niceness 5".to_owned()), "{logs:?}");
     assert_eq!(logs.last().unwrap(), "the command exited with code 3");
 
     let started = std::time::Instant::now();
