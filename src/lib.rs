@@ -7,7 +7,6 @@ pub mod allocator;
 pub mod api;
 pub mod app;
 pub mod backends;
-pub mod background;
 pub mod chat;
 pub mod cli;
 pub mod config;

@@ -10,7 +10,6 @@ use tokio::net::TcpListener;
 use crate::api::{self, ApiState};
 use crate::app::{worker, App};
 use crate::backends::{self, BackendConfig};
-use crate::background::Background;
 use crate::chat::delivery::{self, Approvals, Surface, Threads};
 use crate::config::Settings;
 use crate::definitions;
@@ -26,8 +25,6 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     app: App,
-    /// Where deliveries and backend invocations run, behind the requests.
-    background: Background,
 }
 
 impl Application {
@@ -72,8 +69,6 @@ impl Application {
             }
         }
         let app = App::new(store, definitions, consumers, Metrics::new()).await?;
-        let background = Background::start().context("cannot start the background threads")?;
-        let on_background = background.enter();
         backends::spawn(
             app.clone(),
             BackendConfig {
@@ -86,17 +81,16 @@ impl Application {
                 public_url: settings.server.public_url.clone(),
             },
         );
-        drop(on_background);
         let mut router = api::router(ApiState {
             app: app.clone(),
             clients: Arc::new(settings.api.clients.clone()),
             token_ttl_seconds: settings.api.token_ttl_seconds,
         });
         if settings.slack.enabled {
-            router = router.merge(start_slack(&settings, &app, &background)?);
+            router = router.merge(start_slack(&settings, &app)?);
         }
         if settings.discord.enabled {
-            router = router.merge(start_discord(&settings, &app, &background)?);
+            router = router.merge(start_discord(&settings, &app)?);
         }
         if let Some(secret) = settings.github.webhook_secret.clone() {
             router = router.merge(crate::github::webhook::router(app.clone(), secret));
@@ -108,7 +102,6 @@ impl Application {
             listener,
             router,
             app,
-            background,
         })
     }
 
@@ -122,15 +115,12 @@ impl Application {
         &self.app
     }
 
-    /// Serves until SIGINT or SIGTERM, then finishes requests in flight; deliveries and
-    /// invocations stop after them (what they had not done stays due in the store).
+    /// Serves until SIGINT or SIGTERM, then finishes requests in flight.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(addr = %self.local_addr(), "portbot is serving");
-        let served = axum::serve(self.listener, self.router)
+        axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown_signal())
-            .await;
-        drop(self.background);
-        served
+            .await
     }
 }
 
@@ -148,11 +138,7 @@ fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<std::t
 
 /// Slack, when enabled: the thread delivery worker and the endpoints. Missing secrets stop the
 /// start.
-fn start_slack(
-    settings: &Settings,
-    app: &App,
-    background: &Background,
-) -> anyhow::Result<axum::Router> {
+fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
     let (Some(signing_secret), Some(bot_token)) = (
         settings.slack.signing_secret.clone(),
         settings.slack.bot_token.clone(),
@@ -163,12 +149,10 @@ fn start_slack(
         );
     };
     let messages = Arc::new(slack::load_messages(&settings.templates.path)?);
-    let api = slack::SlackApi::new(&settings.slack.api_url, bot_token.clone());
+    let api = slack::SlackApi::new(&settings.slack.api_url, bot_token);
     let surface = SlackSurface {
         app: app.clone(),
-        // A client of its own: a connection's work runs where it was opened, and the answers'
-        // calls (`views.open`, `response_url`) must not wait on the background threads.
-        api: slack::SlackApi::new(&settings.slack.api_url, bot_token),
+        api: api.clone(),
         messages: messages.clone(),
         pace: crate::chat::pace::Pace::new(std::time::Duration::from_millis(
             settings.slack.message_interval_ms,
@@ -176,7 +160,6 @@ fn start_slack(
         approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(
-        background,
         app,
         surface,
         settings.slack.approval_channel.is_some(),
@@ -198,11 +181,7 @@ fn start_slack(
 
 /// Discord, when enabled: the delivery workers and the interactions endpoint. Missing or bad
 /// settings stop the start.
-fn start_discord(
-    settings: &Settings,
-    app: &App,
-    background: &Background,
-) -> anyhow::Result<axum::Router> {
+fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
     let discord = &settings.discord;
     let (Some(bot_token), Some(application_id)) =
         (discord.bot_token.clone(), discord.application_id.clone())
@@ -233,7 +212,6 @@ fn start_discord(
         approval_channel: discord.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(
-        background,
         app,
         surface,
         discord.approval_channel.is_some(),
@@ -267,16 +245,9 @@ fn discord_verifier(public_key: &str) -> anyhow::Result<serenity::interactions_e
         .map_err(|e| anyhow::anyhow!("discord.public_key: {e}"))
 }
 
-/// A chat platform's outbox workers, in the background: its run cards and threads and, when it
-/// has an approval channel, its approval requests.
-fn spawn_deliveries<S: Surface>(
-    background: &Background,
-    app: &App,
-    surface: S,
-    approvals: bool,
-    max_concurrent: usize,
-) {
-    let _on_background = background.enter();
+/// A chat platform's outbox workers: its run cards and threads and, when it has an approval
+/// channel, its approval requests.
+fn spawn_deliveries<S: Surface>(app: &App, surface: S, approvals: bool, max_concurrent: usize) {
     if approvals {
         let requests = Approvals(surface.clone());
         worker::spawn(app.clone(), S::APPROVALS, requests, max_concurrent);
