@@ -5,9 +5,10 @@
 //! its 200 once the decision is stored, or after `slack.defer_after_ms` while it goes on.
 //! `Decline` first asks a permitted decliner for an optional reason (a modal); the decline is
 //! made when it is submitted. A form's problems are answered in it at once (checking waits for
-//! nothing); only storing may go on after the form closed. Whoever may not decide gets an ephemeral refusal
-//! (`chat.postEphemeral`, sent after the ack so a slow Slack never delays it); the request
-//! message itself is updated by the approvals consumer once the decision is stored.
+//! nothing); only storing may go on after the form closed. Whoever may not decide gets an
+//! ephemeral refusal (`chat.postEphemeral`, sent after the ack so a slow Slack never delays
+//! it); the request message itself is updated by the approvals consumer once the decision is
+//! stored.
 
 use std::sync::Arc;
 
