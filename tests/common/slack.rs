@@ -107,6 +107,18 @@ pub fn click(user: &str, action: &str, run: &str) -> String {
 
 /// A submission of the inputs form, as Slack posts it (PROTOCOL-NOTES §4).
 pub fn submission(user: &str, key: &str, values: Value) -> String {
+    view_submission(user, "portbot_inputs", key, values)
+}
+
+/// A submission of the reason form a decliner gets, as Slack posts it; `metadata` is what the
+/// opened form carried.
+pub fn decline_submission(user: &str, metadata: &str, reason: &str) -> String {
+    let values = json!({"reason": {"value": {"type": "plain_text_input", "value": reason}}});
+    view_submission(user, "portbot_decline", metadata, values)
+}
+
+/// A `view_submission` of the form `callback_id` that carried `metadata`, as Slack posts it.
+fn view_submission(user: &str, callback_id: &str, metadata: &str, values: Value) -> String {
     let payload = json!({
         "type": "view_submission",
         "team": {"id": "T1", "domain": "acme"},
@@ -115,8 +127,8 @@ pub fn submission(user: &str, key: &str, values: Value) -> String {
         "token": "deprecated",
         "trigger_id": "789.012.ghi",
         "view": {
-            "id": "V1", "team_id": "T1", "type": "modal", "callback_id": "portbot_inputs",
-            "private_metadata": key, "blocks": [], "state": {"values": values},
+            "id": "V1", "team_id": "T1", "type": "modal", "callback_id": callback_id,
+            "private_metadata": metadata, "blocks": [], "state": {"values": values},
             "hash": "h", "title": {"type": "plain_text", "text": "Run an action"},
             "root_view_id": "V1", "previous_view_id": null, "app_id": "A1", "external_id": "",
             "bot_id": "B1", "clear_on_close": false, "notify_on_close": false
@@ -125,18 +137,5 @@ pub fn submission(user: &str, key: &str, values: Value) -> String {
         "is_enterprise_install": false,
         "enterprise": null
     });
-    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
-}
-
-/// A submission of the reason form a decliner gets, as Slack posts it; `metadata` is what the
-/// opened form carried.
-pub fn decline_submission(user: &str, metadata: &str, reason: &str) -> String {
-    let values = json!({"reason": {"value": {"type": "plain_text_input", "value": reason}}});
-    let form = submission(user, metadata, values);
-    let mut payload: Value = serde_json::from_str(
-        &serde_urlencoded::from_str::<Vec<(String, String)>>(&form).unwrap()[0].1,
-    )
-    .unwrap();
-    payload["view"]["callback_id"] = json!("portbot_decline");
     serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }
