@@ -13,7 +13,12 @@
 //! 2. portbot: the real app (`Application::build`) with Slack enabled, a store in a temporary
 //!    directory and a fake Slack Web API in this process. Each command creates a durable run
 //!    (the action needs approval: `WAITING_FOR_APPROVAL`) and the outbox posts its run card to
-//!    the fake Slack afterwards, paced per channel as configured (1 message/s by default).
+//!    the fake Slack afterwards, paced as configured: one message a second per channel, and
+//!    all channels together to `slack.messages_per_minute` (600). The fake Slack has no limits
+//!    of its own, but portbot keeps to Slack's, so most runs' messages are still queued
+//!    (durably) when the window ends, as they would be against Slack;
+//!    `PORTBOT__SLACK__MESSAGES_PER_MINUTE=0` shows the acks beside deliveries paced per
+//!    channel only (up to `slack.max_concurrent` runs at once).
 //!
 //! The servers (and sled's threads) run on one tokio runtime, the load generator and the fake
 //! Slack on another whose threads are named `load-*`, so their CPU can be told apart through
@@ -226,10 +231,11 @@ fn report(bench: &Bench, bare: &Phase<3>, portbot: &Phase<3>) -> String {
     let _ = writeln!(
         w,
         "- portbot's outbox posted {cards} run cards, {replies} thread replies and {other} other \
-         Slack calls in the window, for {} acked commands: cards are paced per channel \
-         (slack.message_interval_ms) and delivered by at most slack.max_concurrent runs at once, \
-         so most of their cost comes after the window and is not in the CPU/command above. Every \
-         portbot ack said WAITING_FOR_APPROVAL: one durable run each.",
+         Slack calls in the window, for {} acked commands: messages are paced per channel \
+         (slack.message_interval_ms) and to slack.messages_per_minute in all, and delivered by at \
+         most slack.max_concurrent runs at once, so most of their cost comes after the window and \
+         is not in the CPU/command above. Every portbot ack said WAITING_FOR_APPROVAL: one \
+         durable run each.",
         portbot.acks
     );
     let share = portbot.rate() / bare.rate();

@@ -82,6 +82,10 @@ pub struct SlackSettings {
     pub command: String,
     /// The least time between two messages to one channel (Slack allows about one a second).
     pub message_interval_ms: u64,
+    /// Messages a minute to all channels together at most, in bursts of up to as many (Slack
+    /// keeps a workspace-wide limit on `chat.postMessage` of several hundred a minute); 0 for
+    /// no such limit.
+    pub messages_per_minute: u32,
     /// Runs whose messages are being delivered at once. Most of a delivery is waiting for its
     /// channel's next slot, so this is high.
     pub max_concurrent: usize,

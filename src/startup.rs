@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::net::TcpListener;
@@ -11,6 +12,7 @@ use crate::api::{self, ApiState};
 use crate::app::{worker, App};
 use crate::backends::{self, BackendConfig};
 use crate::chat::delivery::{self, Approvals, Surface, Threads};
+use crate::chat::pace::Pace;
 use crate::config::Settings;
 use crate::definitions;
 use crate::discord::{self, DiscordSurface};
@@ -47,7 +49,7 @@ impl Application {
         let store = Store::open(
             &settings.storage.path,
             settings.storage.cache_capacity_mb,
-            std::time::Duration::from_millis(settings.storage.checkpoint_interval_ms),
+            Duration::from_millis(settings.storage.checkpoint_interval_ms),
         )
         .with_context(|| {
             format!(
@@ -126,14 +128,14 @@ impl Application {
 
 /// How long a chat answer may take before it is deferred: under the 3 s Slack and Discord
 /// wait, or deferring would come too late to help.
-fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<std::time::Duration> {
+fn answer_deadline(platform: &str, defer_after_ms: u64) -> anyhow::Result<Duration> {
     if defer_after_ms >= 3_000 {
         bail!(
             "{platform}.defer_after_ms is {defer_after_ms}, but {platform} waits only 3000 ms for \
              an answer: set it lower (the default 2500 leaves room for the network)"
         );
     }
-    Ok(std::time::Duration::from_millis(defer_after_ms))
+    Ok(Duration::from_millis(defer_after_ms))
 }
 
 /// Slack, when enabled: the thread delivery worker and the endpoints. Missing secrets stop the
@@ -154,9 +156,8 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         app: app.clone(),
         api: api.clone(),
         messages: messages.clone(),
-        pace: crate::chat::pace::Pace::new(std::time::Duration::from_millis(
-            settings.slack.message_interval_ms,
-        )),
+        pace: Pace::new(Duration::from_millis(settings.slack.message_interval_ms))
+            .with_shared_budget(settings.slack.messages_per_minute, Duration::from_secs(60)),
         approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(
@@ -305,7 +306,7 @@ mod tests {
     fn an_answer_deadline_must_come_before_the_platforms_3_seconds() {
         assert_eq!(
             answer_deadline("slack", 2500).unwrap(),
-            std::time::Duration::from_millis(2500)
+            Duration::from_millis(2500)
         );
         assert!(answer_deadline("slack", 0).unwrap().is_zero());
         let error = answer_deadline("discord", 3000).unwrap_err().to_string();

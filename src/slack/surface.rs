@@ -46,8 +46,11 @@ impl Surface for SlackSurface {
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data(run, mention))?;
         let body = card.with("channel", &json!(channel)).into_string();
-        self.pace.slot(channel).await;
-        let refusal = match self.api.call_text("chat.postMessage", body.clone()).await {
+        let posted = {
+            let _slot = self.pace.slot(channel).await;
+            self.api.call_text("chat.postMessage", body.clone()).await
+        };
+        let refusal = match posted {
             Ok(answer) => return Ok(card_reference(channel, &answer)),
             Err(SlackApiError::Refused { error, .. })
                 if error == "not_in_channel" || error == "channel_not_found" =>
@@ -179,16 +182,17 @@ impl SlackSurface {
     }
 
     /// Calls Slack, waiting out rate limits as Slack asks; a message posted to a channel
-    /// (`paced_in`) first waits for that channel's next slot.
+    /// (`paced_in`) first waits for that channel's next slot, which it keeps until answered.
     async fn post(
         &self,
         method: &str,
         paced_in: Option<&str>,
         body: String,
     ) -> Result<Value, AppError> {
-        if let Some(channel) = paced_in {
-            self.pace.slot(channel).await;
-        }
+        let _slot = match paced_in {
+            Some(channel) => Some(self.pace.slot(channel).await),
+            None => None,
+        };
         loop {
             match self.api.call_text(method, body.clone()).await {
                 Ok(answer) => return Ok(answer),
