@@ -174,6 +174,43 @@ async fn an_answer_not_ready_in_time_follows_at_the_response_url() {
         private.body
     );
     assert_eq!(run_count(&app).await, 2);
+
+    // A response_url neither on Slack's hooks host nor on the Web API's origin gets nothing:
+    // the answer goes privately through the Web API.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_url = format!(
+        "http://{}/commands/T1/3/secret",
+        elsewhere.local_addr().unwrap()
+    );
+    post_signed(
+        &app,
+        &form_answered_at("UDEV", "add-documentdb mailer instances=5", &elsewhere_url),
+        chrono::Utc::now().timestamp(),
+        SECRET,
+    )
+    .await;
+    let calls = fake
+        .calls_when(|calls| {
+            calls
+                .iter()
+                .filter(|c| c.method == "chat.postEphemeral")
+                .count()
+                == 2
+        })
+        .await;
+    let private = calls
+        .iter()
+        .rfind(|c| c.method == "chat.postEphemeral")
+        .unwrap();
+    assert!(
+        all_text(&private.body).contains("WAITING_FOR_APPROVAL"),
+        "{:?}",
+        private.body
+    );
+    let contacted =
+        tokio::time::timeout(std::time::Duration::from_millis(200), elsewhere.accept()).await;
+    assert!(contacted.is_err(), "portbot connected to {elsewhere_url}");
+    assert_eq!(run_count(&app).await, 3);
 }
 
 #[tokio::test]

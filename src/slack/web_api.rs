@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::Value;
 
 use crate::config::Secret;
@@ -66,9 +67,12 @@ impl SlackApi {
         Ok(url)
     }
 
-    /// Posts a message to a command's `response_url`, tried up to three times while Slack
-    /// cannot be reached or asks to wait. The URL is the request's own, which carries its
-    /// authority: the bot token is not sent there.
+    /// Posts a message to a command's `response_url`, tried up to three times (after 1 s, then
+    /// 2 s, or as long as a 429 asks) while Slack cannot be reached or asks to wait. The URL is
+    /// the request's own, which carries its authority: the bot token is not sent there. Only
+    /// Slack's own response URLs are posted to (`https://hooks.slack.com/…`), or those on the
+    /// origin of `slack.api_url` (a proxy or a fake Slack), so a forged or mistaken URL cannot
+    /// make portbot post a user's answer anywhere else.
     pub async fn respond(&self, response_url: &str, body: String) -> Result<(), SlackApiError> {
         let method = "response_url";
         let failed = |reason: String| SlackApiError::Unreachable {
@@ -76,9 +80,20 @@ impl SlackApi {
             reason,
         };
         let url = crate::core::action::absolute_url(response_url).map_err(failed)?;
-        let mut tries = 0;
+        if !self.answers_at(&url) {
+            return Err(SlackApiError::Refused {
+                method: method.to_owned(),
+                error: format!(
+                    "`{}` is neither Slack's (https://hooks.slack.com) nor slack.api_url's origin",
+                    url.origin().ascii_serialization()
+                ),
+            });
+        }
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_times(2)
+            .build();
         loop {
-            tries += 1;
             let sent = self
                 .http
                 .post(url.clone())
@@ -86,28 +101,34 @@ impl SlackApi {
                 .body(body.clone())
                 .send()
                 .await;
-            let (wait, error) = match sent {
+            let (asked, error) = match sent {
                 Ok(response) if response.status().is_success() => return Ok(()),
                 Ok(response) if response.status().as_u16() == 429 => {
-                    (retry_after(&response), "HTTP 429".to_owned())
+                    (Some(retry_after(&response)), "HTTP 429".to_owned())
                 }
-                Ok(response) if response.status().is_server_error() => (
-                    Duration::from_secs(1),
-                    format!("HTTP {}", response.status().as_u16()),
-                ),
+                Ok(response) if response.status().is_server_error() => {
+                    (None, format!("HTTP {}", response.status().as_u16()))
+                }
                 Ok(response) => {
                     return Err(SlackApiError::Refused {
                         method: method.to_owned(),
                         error: format!("HTTP {}", response.status().as_u16()),
                     })
                 }
-                Err(error) => (Duration::from_secs(1), error.without_url().to_string()),
+                Err(error) => (None, error.without_url().to_string()),
             };
-            if tries == 3 {
+            let Some(delay) = delays.next() else {
                 return Err(failed(error));
-            }
-            tokio::time::sleep(wait).await;
+            };
+            tokio::time::sleep(asked.map_or(delay, |asked| asked.max(delay))).await;
         }
+    }
+
+    /// Whether `url` may take a command's late answer: on Slack's hooks host, or on the
+    /// origin of the configured Web API.
+    fn answers_at(&self, url: &reqwest::Url) -> bool {
+        let slack = url.scheme() == "https" && url.host_str() == Some("hooks.slack.com");
+        slack || reqwest::Url::parse(&self.base).is_ok_and(|base| base.origin() == url.origin())
     }
 
     /// Calls a Web API method with a JSON body; the answer when Slack says `ok`.
