@@ -11,10 +11,11 @@
 //! each request learns its time at once and sleeps until then, so waiting requests go out in
 //! the order they asked, and none wakes only to find it must wait again.
 //!
-//! A key's next slot also counts from when its last request was answered ([`Slot`] dropped),
-//! not only from when it was due: a request that went out late (behind a burst of others)
-//! must not let the next to its key follow it sooner than the interval, as Slack measures
-//! the interval between the messages it receives.
+//! Slack measures the interval between the messages it receives, so a Slack channel's next
+//! slot also counts from when its last message was answered ([`Pace::slot`]'s [`Slot`]
+//! dropped), not only from when it was due: one that went out late (behind a burst of
+//! others) must not let the next follow it sooner. Discord counts requests as they come, and
+//! its requests overlap, so it only waits its turn ([`Pace::wait`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -72,9 +73,9 @@ impl Pace {
         self
     }
 
-    /// Waits for the key's next free slot (and the shared budget's), and takes it. Keep the
-    /// slot until the request is answered.
-    pub async fn slot(&self, key: &str) -> Slot<'_> {
+    /// Waits for the key's next free slot (and the shared budget's), and takes it; the next
+    /// slot is one interval after this one's, whenever the request goes out.
+    pub async fn wait(&self, key: &str) {
         let at = {
             let mut state = self.state.lock().expect("pace lock poisoned");
             let now = Instant::now();
@@ -95,6 +96,12 @@ impl Pace {
             at
         };
         tokio::time::sleep_until(at).await;
+    }
+
+    /// [`Pace::wait`], and the key's next slot is also at least one interval after the request
+    /// was answered: keep the slot until then.
+    pub async fn slot(&self, key: &str) -> Slot<'_> {
+        self.wait(key).await;
         Slot {
             pace: self,
             key: key.to_owned(),
@@ -140,10 +147,20 @@ mod tests {
     async fn one_channel_waits_its_turn_and_others_do_not() {
         let pace = Pace::new(Duration::from_secs(1));
         let start = Instant::now();
-        drop(pace.slot("C1").await);
-        drop(pace.slot("C2").await);
+        pace.wait("C1").await;
+        pace.wait("C2").await;
         assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(pace.slot("C1").await);
+        pace.wait("C1").await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_alone_counts_from_when_it_was_due() {
+        let pace = Pace::new(Duration::from_secs(1));
+        let start = Instant::now();
+        pace.wait("global").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pace.wait("global").await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 
@@ -154,7 +171,7 @@ mod tests {
         let slot = pace.slot("C1").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(slot);
-        drop(pace.slot("C1").await);
+        pace.wait("C1").await;
         assert_eq!(start.elapsed(), Duration::from_millis(1_300));
     }
 
@@ -164,18 +181,18 @@ mod tests {
         let pace = Pace::new(Duration::from_secs(1)).with_shared_budget(3, Duration::from_secs(60));
         let start = Instant::now();
         for channel in ["C1", "C2", "C3"] {
-            drop(pace.slot(channel).await);
+            pace.wait(channel).await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
-        drop(pace.slot("C4").await);
+        pace.wait("C4").await;
         assert_eq!(start.elapsed(), Duration::from_secs(20));
-        drop(pace.slot("C5").await);
+        pace.wait("C5").await;
         assert_eq!(start.elapsed(), Duration::from_secs(40));
         // Idle for a while, the budget fills up again, but never beyond its allowance.
         tokio::time::sleep(Duration::from_secs(600)).await;
         let idle_end = Instant::now();
         for channel in ["C1", "C2", "C3", "C4"] {
-            drop(pace.slot(channel).await);
+            pace.wait(channel).await;
         }
         assert_eq!(idle_end.elapsed(), Duration::from_secs(20));
     }
@@ -185,8 +202,8 @@ mod tests {
         let pace =
             Pace::new(Duration::from_secs(1)).with_shared_budget(600, Duration::from_secs(60));
         let start = Instant::now();
-        drop(pace.slot("C1").await);
-        drop(pace.slot("C1").await);
+        pace.wait("C1").await;
+        pace.wait("C1").await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 
@@ -198,7 +215,7 @@ mod tests {
         for n in 0..5 {
             let (pace, order) = (pace.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                drop(pace.slot(&format!("C{n}")).await);
+                pace.wait(&format!("C{n}")).await;
                 order.lock().unwrap().push(n);
             }));
             tokio::task::yield_now().await;
@@ -213,7 +230,7 @@ mod tests {
     async fn channels_whose_slot_has_passed_are_forgotten() {
         let pace = Pace::new(Duration::from_secs(1));
         for n in 0..2_000 {
-            drop(pace.slot(&format!("C{n}")).await);
+            pace.wait(&format!("C{n}")).await;
             if n == 999 {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }

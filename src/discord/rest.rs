@@ -91,8 +91,7 @@ impl DiscordApi {
         let exempt = path.starts_with("/interactions/") || path.starts_with("/webhooks/");
         loop {
             if !exempt {
-                // Discord counts requests as they come, so the pace need not wait for answers.
-                drop(self.pace.slot("global").await);
+                self.pace.wait("global").await;
             }
             self.wait_for(&route).await;
             let unreachable = |reason: String| DiscordApiError::Unreachable {
