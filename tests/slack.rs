@@ -500,6 +500,31 @@ async fn a_rate_limited_slack_is_waited_out_and_nothing_is_lost() {
 }
 
 #[tokio::test]
+async fn messages_past_the_workspace_budget_wait_their_turn_in_the_outbox() {
+    let fake = FakeSlack::start().await;
+    // Two a minute: a burst of two, then one every 30 s, whichever the channel (too slow to
+    // wait for here; `slack_fanout` shows that all the messages past a budget arrive).
+    let app = slack_app_tweaked(&fake, |s| s.slack.messages_per_minute = 2).await;
+    // Each run needs approval: a card in C123 and a request in the approval channel.
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    command(&app, "UDEV", "add-documentdb mailer instances=3").await;
+    let posts = |calls: &[common::SlackCall]| {
+        calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage")
+            .count()
+    };
+    let calls = fake.calls_when(|calls| posts(calls) >= 2).await;
+    assert_eq!(posts(&calls), 2, "{calls:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        posts(&fake.calls()),
+        2,
+        "the budget let a third message through"
+    );
+}
+
+#[tokio::test]
 async fn runs_requested_through_the_api_get_an_approval_request_but_no_thread() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
