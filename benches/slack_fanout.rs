@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
+use portbot::app::RunRequest;
 use portbot::config::Settings;
 use portbot::core::action::RawInputs;
 use portbot::core::ids::{Identity, RunId};
@@ -147,14 +148,14 @@ async fn fan_out(runs: usize, lines: usize, configure: impl FnOnce(&mut Settings
     for i in 0..runs {
         let channel = format!("C{i:05}");
         let run = app
-            .request_run(
-                &who,
-                "fanout",
-                None,
-                RawInputs::Text(vec![]),
-                "SLACK",
-                Some(&channel),
-            )
+            .request_run(RunRequest {
+                who: &who,
+                action: "fanout",
+                entity: None,
+                inputs: RawInputs::Text(vec![]),
+                origin: "SLACK",
+                channel: Some(&channel),
+            })
             .await
             .unwrap();
         ids.push(run.id);

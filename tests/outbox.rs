@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use portbot::app::{App, Consumer, Delivery, Pending};
+use portbot::app::{App, Consumer, Delivery, Pending, RunRequest};
 use portbot::core::action::RawInputs;
 use portbot::core::ids::{Identity, RunId};
 use portbot::core::run::EventKind;
@@ -29,6 +29,18 @@ async fn open(dir: &std::path::Path) -> App {
     )
     .await
     .expect("app builds")
+}
+
+/// `add-documentdb` on `mailer` with two instances, for `dev`.
+fn two_instances(dev: &Identity) -> RunRequest<'_> {
+    RunRequest {
+        who: dev,
+        action: "add-documentdb",
+        entity: Some("mailer"),
+        inputs: RawInputs::Text(vec![("instances".into(), "2".into())]),
+        origin: "TEST",
+        channel: None,
+    }
 }
 
 fn up_to(seq: u64) -> Delivery<'static> {
@@ -60,31 +72,8 @@ async fn consumers_resume_exactly_after_the_last_delivery() {
     let (first, second): (RunId, RunId);
     {
         let app = open(dir.path()).await;
-        let inputs = || RawInputs::Text(vec![("instances".into(), "2".into())]);
-        first = app
-            .request_run(
-                &dev,
-                "add-documentdb",
-                Some("mailer"),
-                inputs(),
-                "TEST",
-                None,
-            )
-            .await
-            .unwrap()
-            .id;
-        second = app
-            .request_run(
-                &dev,
-                "add-documentdb",
-                Some("mailer"),
-                inputs(),
-                "TEST",
-                None,
-            )
-            .await
-            .unwrap()
-            .id;
+        first = app.request_run(two_instances(&dev)).await.unwrap().id;
+        second = app.request_run(two_instances(&dev)).await.unwrap().id;
         app.append_logs(&first, vec!["a".into(), "b".into()])
             .await
             .unwrap();
@@ -157,12 +146,7 @@ async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
     let dir = common::deployment(&[]);
     let app = open(dir.path()).await;
     let dev = Identity::try_from("dev@example.com").unwrap();
-    let inputs = RawInputs::Text(vec![("instances".into(), "2".into())]);
-    let run = app
-        .request_run(&dev, "add-documentdb", Some("mailer"), inputs, "TEST", None)
-        .await
-        .unwrap()
-        .id;
+    let run = app.request_run(two_instances(&dev)).await.unwrap().id;
     // Nothing changed between the reading and the record: the note lands on the run as read.
     let pending = app.outbox_pending("chat", &run).unwrap();
     app.outbox_delivered("chat", &run, noted(&pending, "first note"))

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::{issue, Caller};
 use super::{ok, ApiError, ApiState, Body, Params};
-use crate::app::RunPatch;
+use crate::app::{RunPatch, RunRequest};
 use crate::core::action::RawInputs;
 use crate::core::ids::RunId;
 use crate::core::run::{Decision, EventKind, Run, RunStatus};
@@ -126,14 +126,14 @@ pub async fn create(
     };
     let run = state
         .app
-        .request_run(
-            &caller.acting_as,
-            &action,
-            body.entity.as_deref(),
+        .request_run(RunRequest {
+            who: &caller.acting_as,
+            action: &action,
+            entity: body.entity.as_deref(),
             inputs,
-            "API",
-            None,
-        )
+            origin: "API",
+            channel: None,
+        })
         .await?;
     run_reply(&run)
 }

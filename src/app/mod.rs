@@ -54,6 +54,19 @@ pub enum AppError {
     Delivery(String),
 }
 
+/// Someone asking for a run of an action, as an adapter received it: the inputs are still
+/// raw, as [`App::check_run`] parses them against the action.
+pub struct RunRequest<'a> {
+    pub who: &'a Identity,
+    pub action: &'a str,
+    pub entity: Option<&'a str>,
+    pub inputs: RawInputs,
+    /// Where it came from (`"API"`, `"SLACK"`, `"DISCORD"`).
+    pub origin: &'a str,
+    /// The chat channel it was made in, where its run card goes.
+    pub channel: Option<&'a str>,
+}
+
 /// A request that passed its checks ([`App::check_run`]) and is not stored yet.
 pub struct CheckedRun {
     run: Run,
@@ -216,30 +229,22 @@ impl App {
     }
 
     /// Checks a request and, when it passes, creates the run.
-    pub async fn request_run(
-        &self,
-        who: &Identity,
-        action: &str,
-        entity: Option<&str>,
-        inputs: RawInputs,
-        origin: &str,
-        channel: Option<&str>,
-    ) -> Result<Run, AppError> {
-        let checked = self.check_run(who, action, entity, inputs, origin, channel)?;
+    pub async fn request_run(&self, request: RunRequest<'_>) -> Result<Run, AppError> {
+        let checked = self.check_run(request)?;
         self.create_run(checked).await
     }
 
     /// Checks a request, without waiting for anything or storing anything: a form can show
     /// what is wrong at once and leave only the durable write to come after its answer.
-    pub fn check_run(
-        &self,
-        who: &Identity,
-        action: &str,
-        entity: Option<&str>,
-        inputs: RawInputs,
-        origin: &str,
-        channel: Option<&str>,
-    ) -> Result<CheckedRun, AppError> {
+    pub fn check_run(&self, request: RunRequest<'_>) -> Result<CheckedRun, AppError> {
+        let RunRequest {
+            who,
+            action,
+            entity,
+            inputs,
+            origin,
+            channel,
+        } = request;
         let action = self.action(action)?;
         let now = Utc::now();
         // The entity is read in place; the catalog's lock goes before anything awaits.

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::form::FormState;
 use super::view::created_data;
 use crate::api::run_json;
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, RunRequest};
 use crate::core::action::{Action, InputProblems, RawInputs, RequestError};
 use crate::core::chat_command::ChatCommand;
 use crate::core::ids::{Identity, RunId};
@@ -54,14 +54,14 @@ pub async fn answer(app: &App, asker: &Asker<'_>, command: ChatCommand) -> ChatA
         } => {
             let given = inputs.clone();
             let created = app
-                .request_run(
-                    asker.who,
-                    &action,
-                    entity.as_deref(),
-                    RawInputs::Text(inputs),
-                    asker.origin,
-                    Some(asker.channel).filter(|c| !c.is_empty()),
-                )
+                .request_run(RunRequest {
+                    who: asker.who,
+                    action: &action,
+                    entity: entity.as_deref(),
+                    inputs: RawInputs::Text(inputs),
+                    origin: asker.origin,
+                    channel: Some(asker.channel).filter(|c| !c.is_empty()),
+                })
                 .await;
             match created {
                 Ok(run) => ChatAnswer::Message("run_created", created_data(&run, asker.command)),

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::app::{App, AppError, CheckedRun};
+use crate::app::{App, AppError, CheckedRun, RunRequest};
 use crate::core::action::{RawInputs, RequestError};
 use crate::core::ids::{EntityId, Identity};
 use crate::core::run::Run;
@@ -137,14 +137,14 @@ pub fn check(
         .filter(|(name, _)| !submitted.iter().any(|(n, _)| n == name))
         .collect();
     inputs.extend(submitted);
-    app.check_run(
+    app.check_run(RunRequest {
         who,
-        &asked.action,
-        asked.entity.as_deref(),
-        RawInputs::Text(inputs),
-        &asked.origin,
-        Some(&asked.channel),
-    )
+        action: &asked.action,
+        entity: asked.entity.as_deref(),
+        inputs: RawInputs::Text(inputs),
+        origin: &asked.origin,
+        channel: Some(&asked.channel),
+    })
     .map_err(refusal)
 }
 
