@@ -276,10 +276,12 @@ async fn answer(
     }
 }
 
-/// Opens the form for the missing inputs, then keeps what the command said: `views.open` must
-/// come within 3 seconds of the command, while its `trigger_id` is valid, so nothing is
-/// stored before it.
+/// Keeps what the command said and opens the form for the missing inputs. The form is stored
+/// first, so a submission always finds it; but `views.open` must come within 3 seconds of the
+/// command, while its `trigger_id` is valid, so a store slower than `FORM_SAVE_HEAD_START`
+/// (a disk stall) is not waited for before it.
 async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Result<(), String> {
+    const FORM_SAVE_HEAD_START: std::time::Duration = std::time::Duration::from_millis(500);
     let app = &state.app;
     let key = chat::form::new_key();
     let mut data = asked.data(app, &key).map_err(|e| e.to_string())?;
@@ -288,6 +290,10 @@ async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Re
         .messages
         .render("input_modal", data)
         .map_err(|e| e.to_string())?;
+    // Once polled, the write is with the store's writer; awaiting it later only hears back.
+    let save = asked.save(app, &key);
+    tokio::pin!(save);
+    let saved_first = tokio::time::timeout(FORM_SAVE_HEAD_START, &mut save).await;
     let opened = tokio::time::timeout(
         std::time::Duration::from_millis(2500),
         state.api.call(
@@ -296,9 +302,20 @@ async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Re
         ),
     )
     .await;
-    match opened {
-        Ok(Ok(_)) => asked.save(app, &key).await.map_err(|e| e.to_string()),
+    let saved = match saved_first {
+        Ok(saved) => saved,
+        Err(_) => save.await,
+    };
+    let opened = match opened {
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err("Slack did not answer in time".into()),
+    };
+    if opened.is_err() {
+        // No one can submit a form that did not open.
+        if let Err(error) = app.save_form(&key, None).await {
+            tracing::warn!(%error, "could not drop a form that did not open");
+        }
     }
+    opened.and(saved.map_err(|e| e.to_string()))
 }
