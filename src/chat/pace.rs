@@ -11,16 +11,24 @@
 //! each request learns its time at once and sleeps until then, so waiting requests go out in
 //! the order they asked, and none wakes only to find it must wait again.
 //!
+//! A budget serves two kinds of request. Urgent ones (a run card, an approval request: someone
+//! waits for them) reserve their slot at once and may draw on the whole budget. Bulk ones
+//! (thread replies) may draw on it only down to a reserve of a fifth of its allowance, and
+//! when that is spent they do not reserve ahead: they queue, and only the first of them
+//! watches the budget's clock. Reserved bulk slots would move the clock past any reserve, so
+//! an approval request would still wait behind every queued reply.
+//!
 //! Slack measures the interval between the messages it receives, so a Slack channel's next
 //! slot also counts from when its last message was answered ([`Pace::slot`]'s [`Slot`]
 //! dropped), not only from when it was due: one that went out late (behind a burst of
 //! others) must not let the next follow it sooner. Discord counts requests as they come, and
 //! its requests overlap, so it only waits its turn ([`Pace::wait`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 #[derive(Clone)]
@@ -38,13 +46,65 @@ struct State {
     shared: Option<Budget>,
 }
 
+/// How much of a shared budget a request may draw on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// All of it, at once: someone waits for this (a run card, an approval request).
+    Urgent,
+    /// All but the reserve kept for urgent requests, in turn (thread replies, log lines).
+    Bulk,
+}
+
 /// At most `allowance` requests at once over all keys, then one every `spacing`.
 struct Budget {
     spacing: Duration,
-    /// How far `full_at` may be ahead of a request's time: `allowance - 1` spacings.
+    /// How far `full_at` may be ahead of an urgent request's time: `allowance - 1` spacings.
     tolerance: Duration,
+    /// The same for a bulk request: a fifth of the allowance fewer.
+    bulk_tolerance: Duration,
     /// When the budget would be whole again if nothing more were taken.
     full_at: Instant,
+    /// Whether a bulk request (the head) is watching for the budget to allow it.
+    watched: bool,
+    /// Bulk requests behind the head, in the order they came; each is told when it is the head.
+    waiting: VecDeque<oneshot::Sender<()>>,
+}
+
+impl Budget {
+    /// Takes a slot at `at`, or as soon after as `tolerance` allows.
+    fn take(&mut self, at: Instant, tolerance: Duration) -> Instant {
+        let at = match self.full_at > at + tolerance {
+            true => self.full_at - tolerance,
+            false => at,
+        };
+        self.full_at = self.full_at.max(at) + self.spacing;
+        at
+    }
+
+    /// When a bulk request for `at` may have its slot, if not at `at`.
+    fn bulk_not_before(&self, at: Instant) -> Option<Instant> {
+        (self.full_at > at + self.bulk_tolerance).then(|| self.full_at - self.bulk_tolerance)
+    }
+
+    /// The head is done: the next waiting bulk request becomes the head, if any.
+    fn hand_over(&mut self) {
+        while let Some(next) = self.waiting.pop_front() {
+            if next.send(()).is_ok() {
+                return;
+            }
+        }
+        self.watched = false;
+    }
+}
+
+/// What a request does next.
+enum Step {
+    /// Goes at this time; its slot is taken.
+    Go(Instant),
+    /// As the bulk head, looks again at this time.
+    Watch(Instant),
+    /// Waits to become the bulk head.
+    Queue(oneshot::Receiver<()>),
 }
 
 impl Pace {
@@ -64,47 +124,125 @@ impl Pace {
     pub fn with_shared_budget(self, allowance: u32, period: Duration) -> Pace {
         if allowance > 0 {
             let spacing = period / allowance;
-            self.state.lock().expect("pace lock poisoned").shared = Some(Budget {
+            let tolerance = spacing * (allowance - 1);
+            self.lock().shared = Some(Budget {
                 spacing,
-                tolerance: spacing * (allowance - 1),
+                tolerance,
+                bulk_tolerance: tolerance.saturating_sub(spacing * (allowance / 5)),
                 full_at: Instant::now(),
+                watched: false,
+                waiting: VecDeque::new(),
             });
         }
         self
     }
 
-    /// Waits for the key's next free slot (and the shared budget's), and takes it; the next
-    /// slot is one interval after this one's, whenever the request goes out.
-    pub async fn wait(&self, key: &str) {
-        let at = {
-            let mut state = self.state.lock().expect("pace lock poisoned");
-            let now = Instant::now();
-            let mut at = state
-                .next
-                .get(key)
-                .copied()
-                .filter(|t| *t > now)
-                .unwrap_or(now);
-            if let Some(budget) = &mut state.shared {
-                if budget.full_at > at + budget.tolerance {
-                    at = budget.full_at - budget.tolerance;
-                }
-                budget.full_at = budget.full_at.max(at) + budget.spacing;
-            }
-            state.next.insert(key.to_owned(), at + self.interval);
-            state.prune(now);
-            at
-        };
-        tokio::time::sleep_until(at).await;
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("pace lock poisoned")
     }
 
-    /// [`Pace::wait`], and the key's next slot is also at least one interval after the request
-    /// was answered: keep the slot until then.
-    pub async fn slot(&self, key: &str) -> Slot<'_> {
-        self.wait(key).await;
+    /// Waits for the key's next free slot (and the shared budget's, drawing on all of it), and
+    /// takes it; the next slot is one interval after this one's, whenever the request goes out.
+    pub async fn wait(&self, key: &str) {
+        self.turn(key, Priority::Urgent).await
+    }
+
+    /// [`Pace::wait`] for a request of `priority`, and the key's next slot is also at least one
+    /// interval after the request was answered: keep the slot until then.
+    pub async fn slot(&self, key: &str, priority: Priority) -> Slot<'_> {
+        self.turn(key, priority).await;
         Slot {
             pace: self,
             key: key.to_owned(),
+        }
+    }
+
+    async fn turn(&self, key: &str, priority: Priority) {
+        // Set while this request is the bulk head; passes the turn on if it is dropped.
+        let mut head: Option<BulkHead<'_>> = None;
+        loop {
+            let step = {
+                let mut state = self.lock();
+                let now = Instant::now();
+                let wanted = state
+                    .next
+                    .get(key)
+                    .copied()
+                    .filter(|t| *t > now)
+                    .unwrap_or(now);
+                let step = match (&mut state.shared, priority) {
+                    (None, _) => Step::Go(wanted),
+                    (Some(budget), Priority::Urgent) => {
+                        Step::Go(budget.take(wanted, budget.tolerance))
+                    }
+                    (Some(budget), Priority::Bulk) => {
+                        let in_line = budget.watched || !budget.waiting.is_empty();
+                        if head.is_none() && in_line {
+                            let (told, turn) = oneshot::channel();
+                            budget.waiting.push_back(told);
+                            Step::Queue(turn)
+                        } else if let Some(later) = budget.bulk_not_before(wanted) {
+                            budget.watched = true;
+                            Step::Watch(later)
+                        } else {
+                            let at = budget.take(wanted, budget.bulk_tolerance);
+                            if let Some(head) = &mut head {
+                                head.0 = None;
+                                budget.hand_over();
+                            }
+                            Step::Go(at)
+                        }
+                    }
+                };
+                if let Step::Go(at) = step {
+                    state.next.insert(key.to_owned(), at + self.interval);
+                    state.prune(now);
+                }
+                step
+            };
+            match step {
+                Step::Go(at) => return tokio::time::sleep_until(at).await,
+                Step::Watch(later) => {
+                    head.get_or_insert(BulkHead(Some(self)));
+                    tokio::time::sleep_until(later).await;
+                }
+                Step::Queue(turn) => {
+                    let mut waiting = Waiting { turn, pace: self };
+                    // Told, or the budget is gone with the pace: either way this is the head.
+                    let _ = (&mut waiting.turn).await;
+                    head = Some(BulkHead(Some(self)));
+                }
+            }
+        }
+    }
+}
+
+/// The bulk head's turn: passed on to the next waiting request should the head be dropped
+/// (its delivery stopped) before it went.
+struct BulkHead<'a>(Option<&'a Pace>);
+
+impl Drop for BulkHead<'_> {
+    fn drop(&mut self) {
+        if let Some(pace) = self.0 {
+            if let Some(budget) = &mut pace.lock().shared {
+                budget.hand_over();
+            }
+        }
+    }
+}
+
+/// A bulk request waiting for its turn; if it is dropped after being told, it passes the turn on.
+struct Waiting<'a> {
+    turn: oneshot::Receiver<()>,
+    pace: &'a Pace,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.turn.try_recv().is_ok() {
+            if let Some(budget) = &mut self.pace.lock().shared {
+                budget.hand_over();
+            }
         }
     }
 }
@@ -119,7 +257,7 @@ pub struct Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let next = Instant::now() + self.pace.interval;
-        let mut state = self.pace.state.lock().expect("pace lock poisoned");
+        let mut state = self.pace.lock();
         let slot = state
             .next
             .entry(std::mem::take(&mut self.key))
@@ -168,7 +306,7 @@ mod tests {
     async fn the_interval_counts_from_the_answer_when_that_came_late() {
         let pace = Pace::new(Duration::from_secs(1));
         let start = Instant::now();
-        let slot = pace.slot("C1").await;
+        let slot = pace.slot("C1", Priority::Bulk).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(slot);
         pace.wait("C1").await;
@@ -195,6 +333,85 @@ mod tests {
             pace.wait(channel).await;
         }
         assert_eq!(idle_end.elapsed(), Duration::from_secs(20));
+    }
+
+    /// Ten per 10 s: a slot a second, bulk requests get a burst of eight, two stay for urgent
+    /// ones.
+    fn ten_per_ten_seconds() -> Pace {
+        Pace::new(Duration::from_secs(1)).with_shared_budget(10, Duration::from_secs(10))
+    }
+
+    /// Starts a bulk request for `key` that records when it went.
+    fn bulk(
+        pace: &Pace,
+        key: &str,
+        went: &Arc<Mutex<Vec<(String, Duration)>>>,
+        start: Instant,
+    ) -> tokio::task::JoinHandle<()> {
+        let (pace, key, went) = (pace.clone(), key.to_owned(), went.clone());
+        tokio::spawn(async move {
+            drop(pace.slot(&key, Priority::Bulk).await);
+            went.lock().unwrap().push((key, start.elapsed()));
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn urgent_requests_go_ahead_of_queued_bulk_ones() {
+        let pace = ten_per_ten_seconds();
+        let start = Instant::now();
+        for n in 0..8 {
+            drop(pace.slot(&format!("C{n}"), Priority::Bulk).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let went = Arc::new(Mutex::new(Vec::new()));
+        let queued: Vec<_> = (8..12)
+            .map(|n| bulk(&pace, &format!("C{n}"), &went, start))
+            .collect();
+        tokio::task::yield_now().await;
+        // Four replies wait; the approval request still goes at once, and so does a second.
+        drop(pace.slot("APPROVALS", Priority::Urgent).await);
+        pace.wait("C99").await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "an urgent request waited");
+        for task in queued {
+            task.await.unwrap();
+        }
+        // The replies follow in the order they came, one a second once the budget allows
+        // (the two urgent ones took two of its slots).
+        let went = went.lock().unwrap().clone();
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(
+            went,
+            vec![
+                ("C8".into(), secs(3)),
+                ("C9".into(), secs(4)),
+                ("C10".into(), secs(5)),
+                ("C11".into(), secs(6))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bulk_request_dropped_while_it_waits_does_not_hold_up_the_rest() {
+        let pace = ten_per_ten_seconds();
+        let start = Instant::now();
+        for n in 0..8 {
+            drop(pace.slot(&format!("C{n}"), Priority::Bulk).await);
+        }
+        let went = Arc::new(Mutex::new(Vec::new()));
+        // The head and the first in line are stopped while they wait; the last still goes.
+        let head = bulk(&pace, "C8", &went, start);
+        tokio::task::yield_now().await;
+        let second = bulk(&pace, "C9", &went, start);
+        tokio::task::yield_now().await;
+        let third = bulk(&pace, "C10", &went, start);
+        tokio::task::yield_now().await;
+        head.abort();
+        second.abort();
+        third.await.unwrap();
+        assert_eq!(
+            *went.lock().unwrap(),
+            vec![("C10".to_owned(), Duration::from_secs(1))]
+        );
     }
 
     #[tokio::test(start_paused = true)]

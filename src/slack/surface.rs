@@ -16,6 +16,7 @@ use super::web_api::{SlackApi, SlackApiError};
 use crate::app::{App, AppError};
 use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
+use crate::chat::pace::Priority::{self, Bulk, Urgent};
 use crate::chat::view::{card_data, reply_data, request_data};
 use crate::chat::Surface;
 use crate::core::ids::Identity;
@@ -47,7 +48,7 @@ impl Surface for SlackSurface {
         let card = self.render("run_card", card_data(run, mention))?;
         let body = card.with("channel", &json!(channel)).into_string();
         let posted = {
-            let _slot = self.pace.slot(channel).await;
+            let _slot = self.pace.slot(channel, Urgent).await;
             self.api.call_text("chat.postMessage", body.clone()).await
         };
         let refusal = match posted {
@@ -59,7 +60,9 @@ impl Surface for SlackSurface {
             }
             Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
                 // Paced and retried like any post.
-                let answer = self.post("chat.postMessage", Some(channel), body).await?;
+                let answer = self
+                    .post("chat.postMessage", Some((channel, Urgent)), body)
+                    .await?;
                 return Ok(card_reference(channel, &answer));
             }
             Err(error) => return Err(AppError::Delivery(error.to_string())),
@@ -71,7 +74,9 @@ impl Surface for SlackSurface {
                 .await
                 .is_ok()
         {
-            let answer = self.post("chat.postMessage", Some(channel), body).await?;
+            let answer = self
+                .post("chat.postMessage", Some((channel, Urgent)), body)
+                .await?;
             return Ok(card_reference(channel, &answer));
         }
         let user = run
@@ -98,7 +103,11 @@ impl Surface for SlackSurface {
             .render("run_card", data)?
             .with("channel", &json!(direct));
         let answer = self
-            .post("chat.postMessage", Some(direct), card.into_string())
+            .post(
+                "chat.postMessage",
+                Some((direct, Urgent)),
+                card.into_string(),
+            )
             .await?;
         Ok(card_reference(direct, &answer))
     }
@@ -116,7 +125,7 @@ impl Surface for SlackSurface {
             .with("thread_ts", &card["card_ts"]);
         self.post(
             "chat.postMessage",
-            card["channel"].as_str(),
+            card["channel"].as_str().map(|channel| (channel, Bulk)),
             message.into_string(),
         )
         .await
@@ -135,7 +144,11 @@ impl Surface for SlackSurface {
             .render("approval_request", request_data(run, mention))?
             .with("channel", &json!(channel));
         let answer = self
-            .post("chat.postMessage", Some(channel), message.into_string())
+            .post(
+                "chat.postMessage",
+                Some((channel, Urgent)),
+                message.into_string(),
+            )
             .await?;
         Ok(json!({"channel": channel, "ts": answer["ts"]}))
     }
@@ -183,14 +196,15 @@ impl SlackSurface {
 
     /// Calls Slack, waiting out rate limits as Slack asks; a message posted to a channel
     /// (`paced_in`) first waits for that channel's next slot, which it keeps until answered.
+    /// Cards and approval requests are urgent; thread replies are bulk (see `chat::pace`).
     async fn post(
         &self,
         method: &str,
-        paced_in: Option<&str>,
+        paced_in: Option<(&str, Priority)>,
         body: String,
     ) -> Result<Value, AppError> {
         let _slot = match paced_in {
-            Some(channel) => Some(self.pace.slot(channel).await),
+            Some((channel, priority)) => Some(self.pace.slot(channel, priority).await),
             None => None,
         };
         loop {
