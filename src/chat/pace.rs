@@ -335,10 +335,17 @@ mod tests {
         assert_eq!(idle_end.elapsed(), Duration::from_secs(20));
     }
 
-    /// Ten per 10 s: a slot a second, bulk requests get a burst of eight, two stay for urgent
-    /// ones.
-    fn ten_per_ten_seconds() -> Pace {
-        Pace::new(Duration::from_secs(1)).with_shared_budget(10, Duration::from_secs(10))
+    /// Ten per 10 s (a slot a second, two of the ten kept for urgent requests), with the
+    /// bulk requests' burst of eight already spent.
+    async fn ten_per_ten_seconds_bulk_spent() -> Pace {
+        let pace =
+            Pace::new(Duration::from_secs(1)).with_shared_budget(10, Duration::from_secs(10));
+        let start = Instant::now();
+        for n in 0..8 {
+            drop(pace.slot(&format!("C{n}"), Priority::Bulk).await);
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        pace
     }
 
     /// Starts a bulk request for `key` that records when it went.
@@ -357,12 +364,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn urgent_requests_go_ahead_of_queued_bulk_ones() {
-        let pace = ten_per_ten_seconds();
+        let pace = ten_per_ten_seconds_bulk_spent().await;
         let start = Instant::now();
-        for n in 0..8 {
-            drop(pace.slot(&format!("C{n}"), Priority::Bulk).await);
-        }
-        assert_eq!(start.elapsed(), Duration::ZERO);
         let went = Arc::new(Mutex::new(Vec::new()));
         let queued: Vec<_> = (8..12)
             .map(|n| bulk(&pace, &format!("C{n}"), &went, start))
@@ -392,11 +395,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bulk_request_dropped_while_it_waits_does_not_hold_up_the_rest() {
-        let pace = ten_per_ten_seconds();
+        let pace = ten_per_ten_seconds_bulk_spent().await;
         let start = Instant::now();
-        for n in 0..8 {
-            drop(pace.slot(&format!("C{n}"), Priority::Bulk).await);
-        }
         let went = Arc::new(Mutex::new(Vec::new()));
         // The head and the first in line are stopped while they wait; the last still goes.
         let head = bulk(&pace, "C8", &went, start);
