@@ -7,8 +7,8 @@
 //! A pace may also hold every key to one shared budget: Slack keeps a workspace-wide limit on
 //! `chat.postMessage` beside the per-channel one. The budget allows a burst of its whole
 //! allowance, then one request per share of its period (a token bucket, kept as the time its
-//! budget is next full: the generic cell rate algorithm). Slots are reserved, not polled:
-//! each request learns its time at once and sleeps until then, so waiting requests go out in
+//! budget is next full: the generic cell rate algorithm). Urgent slots are reserved, not
+//! polled: each such request learns its time at once and sleeps until then, so they go out in
 //! the order they asked, and none wakes only to find it must wait again.
 //!
 //! A budget serves two kinds of request. Urgent ones (a run card, an approval request: someone
@@ -141,6 +141,13 @@ impl Pace {
         self.state.lock().expect("pace lock poisoned")
     }
 
+    /// A bulk head that goes no further passes its turn to the next waiting bulk request.
+    fn hand_over_bulk_turn(&self) {
+        if let Some(budget) = &mut self.lock().shared {
+            budget.hand_over();
+        }
+    }
+
     /// Waits for the key's next free slot (and the shared budget's, drawing on all of it), and
     /// takes it; the next slot is one interval after this one's, whenever the request goes out.
     pub async fn wait(&self, key: &str) {
@@ -224,9 +231,7 @@ struct BulkHead<'a>(Option<&'a Pace>);
 impl Drop for BulkHead<'_> {
     fn drop(&mut self) {
         if let Some(pace) = self.0 {
-            if let Some(budget) = &mut pace.lock().shared {
-                budget.hand_over();
-            }
+            pace.hand_over_bulk_turn();
         }
     }
 }
@@ -240,9 +245,7 @@ struct Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if self.turn.try_recv().is_ok() {
-            if let Some(budget) = &mut self.pace.lock().shared {
-                budget.hand_over();
-            }
+            self.pace.hand_over_bulk_turn();
         }
     }
 }
