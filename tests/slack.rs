@@ -442,7 +442,7 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         let updated_to_success = calls
             .iter()
             .any(|c| c.method == "chat.update" && c.body["blocks"].to_string().contains("SUCCESS"));
-        if updated_to_success {
+        if updated_to_success && mentions(&calls, "your run ended") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -828,6 +828,63 @@ async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
     assert_eq!(
         fake.refuse_next.load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+}
+
+/// A card update Slack refuses is tried again: the card never stays on an old status.
+#[tokio::test]
+async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let calls = calls_until(&fake, 2).await;
+    let at = calls
+        .iter()
+        .position(|c| c.body["channel"] == "C123")
+        .expect("a card was posted");
+    let card_ts = common::slack_ts(at);
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
+        .await;
+
+    *fake.refuse_method.lock().unwrap() = Some("chat.update".into());
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+    // Long enough for the deliveries after the approval to meet the refusals.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    *fake.refuse_method.lock().unwrap() = None;
+
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.update"
+                    && c.body["ts"] == card_ts
+                    && c.body["blocks"].to_string().contains("SUCCESS")
+            })
+        })
+        .await;
+    let last_update = calls
+        .iter()
+        .rfind(|c| c.method == "chat.update" && c.body["ts"] == card_ts)
+        .map(|c| c.body["blocks"].to_string())
+        .unwrap_or_default();
+    assert!(last_update.contains("SUCCESS"), "{calls:?}");
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let (_, thread) = common::card_thread(&calls, "C123");
+    common::assert_in_order(
+        &thread,
+        &[
+            "Approved by <@UOPS>",
+            "Started",
+            "<@UDEV> your run ended: *SUCCESS*",
+        ],
+    );
+    assert_eq!(
+        thread.matches("your run ended").count(),
+        1,
+        "no reply was posted twice: {thread}"
     );
 }
 

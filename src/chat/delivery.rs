@@ -2,8 +2,8 @@
 //!
 //! - [`Threads`]: for a run requested on the platform, the run card where it was requested,
 //!   then every later event as a reply in the card's thread (log lines that come together share
-//!   one message), and the card updated to the run's current status (unless this delivery
-//!   placed it, from the same reading);
+//!   one message), the card first updated to the run's current status (a card this delivery
+//!   places shows it already);
 //! - [`Approvals`]: for every run that waits for approval, whatever its origin, a request with
 //!   `Approve` / `Decline` buttons in the platform's approval channel, updated after each decision.
 //!
@@ -103,15 +103,20 @@ impl<S: Surface> Deliver for Threads<S> {
         };
         let confirm = |seq, reference| record(app, S::THREADS, &pending, seq, reference);
         let mut rest = events.as_slice();
-        let (mut card, placed_now) = match app.outbox_reference(S::THREADS, id)? {
-            Some(card) => (card, false),
+        let mut card = match app.outbox_reference(S::THREADS, id)? {
+            // The card is brought to this reading of the run before the replies go: once they
+            // are recorded, nothing is pending that would bring a failed update back.
+            Some(card) => {
+                surface.update_card(&card, run).await?;
+                card
+            }
             None => {
-                // The card stands for the run's creation (its first event).
+                // The card stands for the run's creation (its first event) and shows this reading.
                 let card = surface.place_card(run, requested_in).await?;
                 let (first, others) = rest.split_first().expect("there are events");
                 confirm(first.seq, Some(card.clone())).await?;
                 rest = others;
-                (card, true)
+                card
             }
         };
         for group in group_for_thread(rest, S::LOG_CHARS) {
@@ -119,10 +124,6 @@ impl<S: Surface> Deliver for Threads<S> {
             let seq = group.last().expect("groups are not empty").seq;
             confirm(seq, changed.clone()).await?;
             card = changed.unwrap_or(card);
-        }
-        // A card placed in this delivery already shows this reading of the run.
-        if !rest.is_empty() && !placed_now {
-            surface.update_card(&card, run).await?;
         }
         Ok(())
     }

@@ -421,6 +421,8 @@ pub struct FakeSlack {
     pub throttle_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer this many next calls with `{"ok": false, "error": "internal_error"}`.
     pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
+    /// While set, answer every call of this method with `{"ok": false, "error": "internal_error"}`.
+    pub refuse_method: Arc<Mutex<Option<String>>>,
     /// Answer this many next calls with HTTP 503.
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer every call with this bot token with HTTP 503, even one that arrives late: a bot
@@ -460,6 +462,7 @@ impl FakeSlack {
             too_fast: Arc::default(),
             throttle_next: Arc::default(),
             refuse_next: Arc::default(),
+            refuse_method: Arc::default(),
             fail_next: Arc::default(),
             down_for_token: Arc::default(),
             not_in: Arc::default(),
@@ -494,7 +497,9 @@ impl FakeSlack {
                             if down || take(&state.fail_next) {
                                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
                             }
-                            if take(&state.refuse_next) {
+                            let refused_method =
+                                state.refuse_method.lock().unwrap().as_ref() == Some(&method);
+                            if refused_method || take(&state.refuse_next) {
                                 return axum::Json(json!({"ok": false, "error": "internal_error"}))
                                     .into_response();
                             }
