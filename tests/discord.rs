@@ -532,6 +532,24 @@ async fn without_access_to_the_channel_the_card_goes_to_the_requester_and_a_miss
         .any(|c| c.path == "/api/v10/users/@me/channels"));
     let (_, _) = app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
     app.wait_for(&run, "SUCCESS").await;
+    // Updated, the card still says why it is in a direct message.
+    let edits_of_card = |calls: &[common::discord::DiscordCall]| -> Vec<String> {
+        let prefix = format!("/api/v10/channels/{direct}/messages/");
+        calls
+            .iter()
+            .filter(|c| c.method == "PATCH" && c.path.starts_with(&prefix))
+            .map(|c| c.body.to_string())
+            .collect()
+    };
+    let calls = fake
+        .calls_when(|calls| edits_of_card(calls).iter().any(|e| e.contains("SUCCESS")))
+        .await;
+    let edits = edits_of_card(&calls);
+    assert!(
+        edits.iter().any(|e| e.contains("SUCCESS"))
+            && edits.iter().all(|e| e.contains("can't post in")),
+        "{edits:?}"
+    );
 }
 
 #[tokio::test]

@@ -928,6 +928,45 @@ async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
         .iter()
         .skip(1)
         .all(|c| c.body.get("thread_ts").is_some()));
+
+    // A card in a direct message still says why it is there once updated.
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "WAITING_FOR_APPROVAL")
+        .expect("the run waits")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
+        .await;
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = fake
+        .calls_when(|calls| {
+            calls.iter().any(|c| {
+                c.method == "chat.update"
+                    && c.body["channel"] == "DUDEV"
+                    && c.body["blocks"].to_string().contains("SUCCESS")
+            })
+        })
+        .await;
+    let updates: Vec<String> = calls
+        .iter()
+        .filter(|c| c.method == "chat.update" && c.body["channel"] == "DUDEV")
+        .map(|c| c.body["blocks"].to_string())
+        .collect();
+    assert!(
+        updates.iter().any(|u| u.contains("SUCCESS"))
+            && updates
+                .iter()
+                .all(|u| u.contains("I can't post in <#C123>")),
+        "{updates:?}"
+    );
 }
 
 #[tokio::test]
@@ -1144,6 +1183,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
     );
 
     // The backend reports back through the runs API.
+    // Each log line is waited for in the thread, so each is a delivery of its own.
     let logs = format!("/v1/actions/runs/{run}/logs");
     for line in [
         "creating cluster mailer-documentdb",
@@ -1153,6 +1193,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
             .backend("POST", &logs, Some(json!({"message": line})))
             .await;
         assert_eq!(status, 200, "{body}");
+        fake.calls_when(|calls| mentions(calls, line)).await;
     }
     let (status, body) = app
         .patch_run(&run, json!({"statusLabel": "waiting for replicas"}))
@@ -1202,6 +1243,15 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
         "the card shows the end"
     );
     assert!(card_updates.iter().all(|c| c.body["ts"] == card_ts));
+    // A delivery that leaves the card as it was (log lines) does not send it again.
+    let shown: Vec<String> = card_updates
+        .iter()
+        .map(|c| c.body["blocks"].to_string())
+        .collect();
+    assert!(
+        shown.windows(2).all(|pair| pair[0] != pair[1]),
+        "the card was sent unchanged: {shown:#?}"
+    );
     assert_eq!(
         fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
         0,

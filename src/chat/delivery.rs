@@ -50,12 +50,13 @@ pub trait Surface: Clone + Send + Sync + 'static {
         group: &[RunEvent],
     ) -> impl Future<Output = Result<Option<Value>, AppError>> + Send;
 
-    /// Shows the run's current state on its card.
+    /// Shows the run's current state on its card, unless the card shows it already (see
+    /// [`updated_card`]); returns what to keep about the card instead, when it was updated.
     fn update_card(
         &self,
         card: &Value,
         run: &Run,
-    ) -> impl Future<Output = Result<(), AppError>> + Send;
+    ) -> impl Future<Output = Result<Option<Value>, AppError>> + Send;
 
     /// Posts the approval request; returns where it went.
     fn post_request(&self, run: &Run) -> impl Future<Output = Result<Value, AppError>> + Send;
@@ -103,12 +104,13 @@ impl<S: Surface> Deliver for Threads<S> {
         };
         let confirm = |seq, reference| record(app, S::THREADS, &pending, seq, reference);
         let mut rest = events.as_slice();
-        let mut card = match app.outbox_reference(S::THREADS, id)? {
+        let (mut card, mut updated) = match app.outbox_reference(S::THREADS, id)? {
             // The card is brought to this reading of the run before the replies go: once they
-            // are recorded, nothing is pending that would bring a failed update back.
+            // are recorded, nothing is pending that would bring a failed update back. What it
+            // now shows is recorded with the first reply.
             Some(card) => {
-                surface.update_card(&card, run).await?;
-                card
+                let updated = surface.update_card(&card, run).await?;
+                (updated.clone().unwrap_or(card), updated)
             }
             None => {
                 // The card stands for the run's creation (its first event) and shows this reading.
@@ -116,17 +118,37 @@ impl<S: Surface> Deliver for Threads<S> {
                 let (first, others) = rest.split_first().expect("there are events");
                 confirm(first.seq, Some(card.clone())).await?;
                 rest = others;
-                card
+                (card, None)
             }
         };
         for group in group_for_thread(rest, S::LOG_CHARS) {
-            let changed = surface.reply(&card, run, group).await?;
+            let changed = surface.reply(&card, run, group).await?.or(updated.take());
             let seq = group.last().expect("groups are not empty").seq;
             confirm(seq, changed.clone()).await?;
             card = changed.unwrap_or(card);
         }
         Ok(())
     }
+}
+
+/// The card's reference with what `message` (a rendered card) shows, when the card does not show
+/// it already: a run's log lines leave its card as it was, and Slack allows `chat.update`
+/// less often than posts (Tier 3, about 50 a minute), so an unchanged card is not sent again.
+/// The reference keeps a digest of the message (`shows`, see [`card_shows`]), not the message.
+pub fn updated_card(card: &Value, message: &str) -> Option<Value> {
+    let shows = card_shows(message);
+    (card.get("shows") != Some(&shows)).then(|| {
+        let mut card = card.clone();
+        card["shows"] = shows;
+        card
+    })
+}
+
+/// What a card's reference keeps of the rendered card it shows: a digest of its text.
+pub fn card_shows(message: &str) -> Value {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(message.as_bytes());
+    Value::String(hex::encode(&digest[..8]))
 }
 
 /// The approval requests on one platform.

@@ -130,6 +130,10 @@ impl MessageText {
         self
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn into_string(self) -> String {
         self.0
     }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::messages::{code_block_json, discord_json_escape, fit};
 use super::rest::{DiscordApi, DiscordApiError};
 use crate::app::{App, AppError};
+use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::Messages;
 use crate::chat::view::{card_data, reply_data, request_data};
 use crate::chat::Surface;
@@ -50,22 +51,22 @@ impl Surface for DiscordSurface {
 
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data_with_link(run))?;
+        let shows = card_shows(&card.to_string());
         let nonce = Nonce::of("card", run, &[]);
-        let (channel, posted) = match self.post_message(channel, card, &nonce).await {
-            Ok(posted) => (channel.to_owned(), posted),
+        // Recorded at once, so a restart does not post the card again; the first reply starts
+        // its thread.
+        match self.post_message(channel, card, &nonce).await {
+            Ok(posted) => Ok(json!({"channel": channel, "card": posted["id"], "shows": shows})),
             Err(error)
                 if matches!(
                     error.code(),
                     Some(UNKNOWN_CHANNEL | MISSING_ACCESS | MISSING_PERMISSIONS)
                 ) =>
             {
-                self.card_in_direct_message(run, channel).await?
+                self.card_in_direct_message(run, channel).await
             }
-            Err(error) => return Err(delivery(error)),
-        };
-        // Recorded at once, so a restart does not post the card again; the first reply starts
-        // its thread.
-        Ok(json!({"channel": channel, "card": posted["id"]}))
+            Err(error) => Err(delivery(error)),
+        }
     }
 
     async fn reply(
@@ -118,10 +119,18 @@ impl Surface for DiscordSurface {
         Ok(started)
     }
 
-    async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
-        let message = self.render("run_card", card_data_with_link(run))?;
+    async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
+        let mut data = card_data_with_link(run);
+        if let Some(unreachable) = card.get("unreachable_channel") {
+            data["unreachable_channel"] = unreachable.clone();
+        }
+        let message = self.render("run_card", data)?;
+        let Some(updated) = updated_card(card, &message.to_string()) else {
+            return Ok(None);
+        };
         self.edit_message(text(&card["channel"]), text(&card["card"]), &message)
-            .await
+            .await?;
+        Ok(Some(updated))
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
@@ -199,12 +208,9 @@ impl DiscordSurface {
             .map(|_| ())
     }
 
-    /// The card in a direct message with the requester, saying why it is there.
-    async fn card_in_direct_message(
-        &self,
-        run: &Run,
-        channel: &str,
-    ) -> Result<(String, Value), AppError> {
+    /// The card in a direct message with the requester, saying why it is there; returns where
+    /// it went. The reference keeps the channel it could not reach, so updates still say why.
+    async fn card_in_direct_message(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let recipient = user_id(&run.created_by).ok_or_else(|| {
             AppError::Delivery(format!("portbot may not post in channel {channel}"))
         })?;
@@ -221,11 +227,17 @@ impl DiscordSurface {
         let mut data = card_data_with_link(run);
         data["unreachable_channel"] = json!(channel);
         let card = self.render("run_card", data)?;
+        let shows = card_shows(&card.to_string());
         let posted = self
             .post_message(&direct, card, &Nonce::of("card", run, &[]))
             .await
             .map_err(delivery)?;
-        Ok((direct, posted))
+        Ok(json!({
+            "channel": direct,
+            "card": posted["id"],
+            "shows": shows,
+            "unreachable_channel": channel,
+        }))
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::messages::slack_json_escape;
 use super::web_api::{SlackApi, SlackApiError};
 use crate::app::{App, AppError};
+use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
 use crate::chat::pace::Priority::{self, Bulk, Urgent};
@@ -46,13 +47,14 @@ impl Surface for SlackSurface {
 
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data(run, mention))?;
+        let shows = card_shows(card.as_str());
         let body = card.with("channel", &json!(channel)).into_string();
         let posted = {
             let _slot = self.pace.slot(channel, Urgent).await;
             self.api.call_text("chat.postMessage", body.clone()).await
         };
         let refusal = match posted {
-            Ok(answer) => return Ok(card_reference(channel, &answer)),
+            Ok(answer) => return Ok(card_reference(channel, &answer, shows)),
             Err(SlackApiError::Refused { error, .. })
                 if error == "not_in_channel" || error == "channel_not_found" =>
             {
@@ -63,7 +65,7 @@ impl Surface for SlackSurface {
                 let answer = self
                     .post("chat.postMessage", Some((channel, Urgent)), body)
                     .await?;
-                return Ok(card_reference(channel, &answer));
+                return Ok(card_reference(channel, &answer, shows));
             }
             Err(error) => return Err(AppError::Delivery(error.to_string())),
         };
@@ -77,7 +79,7 @@ impl Surface for SlackSurface {
             let answer = self
                 .post("chat.postMessage", Some((channel, Urgent)), body)
                 .await?;
-            return Ok(card_reference(channel, &answer));
+            return Ok(card_reference(channel, &answer, shows));
         }
         let user = run
             .created_by
@@ -99,9 +101,10 @@ impl Surface for SlackSurface {
             } else {
                 slack_json_escape(channel)
             });
-        let card = self
-            .render("run_card", data)?
-            .with("channel", &json!(direct));
+        let unreachable = data["unreachable_channel"].clone();
+        let card = self.render("run_card", data)?;
+        let shows = card_shows(card.as_str());
+        let card = card.with("channel", &json!(direct));
         let answer = self
             .post(
                 "chat.postMessage",
@@ -109,7 +112,10 @@ impl Surface for SlackSurface {
                 card.into_string(),
             )
             .await?;
-        Ok(card_reference(direct, &answer))
+        let mut reference = card_reference(direct, &answer, shows);
+        // Kept so that updates of the card still say why it is here.
+        reference["unreachable_channel"] = unreachable;
+        Ok(reference)
     }
 
     async fn reply(
@@ -132,10 +138,18 @@ impl Surface for SlackSurface {
         .map(|_| None)
     }
 
-    async fn update_card(&self, card: &Value, run: &Run) -> Result<(), AppError> {
-        let data = card_data(run, mention);
-        self.update("run_card", data, &card["channel"], &card["card_ts"])
-            .await
+    async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
+        let mut data = card_data(run, mention);
+        if let Some(unreachable) = card.get("unreachable_channel") {
+            data["unreachable_channel"] = unreachable.clone();
+        }
+        let message = self.render("run_card", data)?;
+        let Some(updated) = updated_card(card, message.as_str()) else {
+            return Ok(None);
+        };
+        self.update(message, &card["channel"], &card["card_ts"])
+            .await?;
+        Ok(Some(updated))
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
@@ -154,20 +168,15 @@ impl Surface for SlackSurface {
     }
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
-        let data = request_data(run, mention);
-        self.update(
-            "approval_request",
-            data,
-            &request["channel"],
-            &request["ts"],
-        )
-        .await
+        let message = self.render("approval_request", request_data(run, mention))?;
+        self.update(message, &request["channel"], &request["ts"])
+            .await
     }
 }
 
-/// Where a card went: its channel and `ts` (the thread's `thread_ts`).
-fn card_reference(channel: &str, answer: &Value) -> Value {
-    json!({"channel": channel, "card_ts": answer["ts"]})
+/// Where a card went: its channel and `ts` (the thread's `thread_ts`), and what it shows.
+fn card_reference(channel: &str, answer: &Value, shows: Value) -> Value {
+    json!({"channel": channel, "card_ts": answer["ts"], "shows": shows})
 }
 
 impl SlackSurface {
@@ -177,18 +186,14 @@ impl SlackSurface {
             .map_err(|e| AppError::Delivery(e.to_string()))
     }
 
-    /// Edits the message at `ts` in `channel` to show `template` rendered from `data`.
+    /// Edits the message at `ts` in `channel` to show `message`.
     async fn update(
         &self,
-        template: &str,
-        data: Value,
+        message: MessageText,
         channel: &Value,
         ts: &Value,
     ) -> Result<(), AppError> {
-        let message = self
-            .render(template, data)?
-            .with("channel", channel)
-            .with("ts", ts);
+        let message = message.with("channel", channel).with("ts", ts);
         self.post("chat.update", None, message.into_string())
             .await
             .map(|_| ())
