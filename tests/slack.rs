@@ -969,6 +969,42 @@ async fn the_bot_joins_a_public_channel_and_falls_back_to_a_direct_message() {
     );
 }
 
+/// The approval channel is joined like any public channel; one the bot cannot join holds the
+/// requests back (nothing is lost) until the bot is invited.
+#[tokio::test]
+async fn the_bot_joins_the_approval_channel_or_holds_requests_until_invited() {
+    let requests = |calls: &[common::SlackCall]| {
+        calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == "CAPPROVE")
+            .count()
+    };
+    let fake = FakeSlack::start().await;
+    fake.not_in.lock().unwrap().insert("CAPPROVE".into());
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let calls = fake.calls_when(|calls| requests(calls) == 1).await;
+    assert!(calls
+        .iter()
+        .any(|c| c.method == "conversations.join" && c.body["channel"] == "CAPPROVE"));
+    assert_eq!(requests(&calls), 1, "{calls:?}");
+
+    let fake = FakeSlack::start().await;
+    fake.not_in.lock().unwrap().insert("CAPPROVE".into());
+    fake.private.lock().unwrap().insert("CAPPROVE".into());
+    let app = slack_app_with(&fake).await;
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "C123"))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(requests(&fake.calls()), 0);
+    // Invited: the next try posts the request, once.
+    fake.private.lock().unwrap().remove("CAPPROVE");
+    fake.not_in.lock().unwrap().remove("CAPPROVE");
+    let calls = fake.calls_when(|calls| requests(calls) == 1).await;
+    assert_eq!(requests(&calls), 1, "{calls:?}");
+}
+
 #[tokio::test]
 async fn declining_asks_for_a_reason_that_reaches_the_requester() {
     let fake = FakeSlack::start().await;

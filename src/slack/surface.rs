@@ -4,7 +4,9 @@
 //!
 //! When the bot is not in the channel of the command it joins (a public channel); when it
 //! cannot (a private channel, a DM), the card goes to the requester as a direct message that
-//! says how to invite the bot, so no run is left without a thread. Posts keep each channel's
+//! says how to invite the bot, so no run is left without a thread. It joins the approval
+//! channel the same way; where it cannot, requests wait (retried) until it is invited, and the
+//! log says so. Posts keep each channel's
 //! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks.
 
 use std::sync::Arc;
@@ -49,36 +51,7 @@ impl Surface for SlackSurface {
         let card = self.render("run_card", card_data(run, mention))?;
         let shows = card_shows(card.as_str());
         let body = card.with("channel", &json!(channel)).into_string();
-        let posted = {
-            let _slot = self.pace.slot(channel, Urgent).await;
-            self.api.call_text("chat.postMessage", body.clone()).await
-        };
-        let refusal = match posted {
-            Ok(answer) => return Ok(card_reference(channel, &answer, shows)),
-            Err(SlackApiError::Refused { error, .. })
-                if error == "not_in_channel" || error == "channel_not_found" =>
-            {
-                error
-            }
-            Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
-                // Paced and retried like any post.
-                let answer = self
-                    .post("chat.postMessage", Some((channel, Urgent)), body)
-                    .await?;
-                return Ok(card_reference(channel, &answer, shows));
-            }
-            Err(error) => return Err(AppError::Delivery(error.to_string())),
-        };
-        if refusal == "not_in_channel"
-            && self
-                .api
-                .call("conversations.join", &json!({"channel": channel}))
-                .await
-                .is_ok()
-        {
-            let answer = self
-                .post("chat.postMessage", Some((channel, Urgent)), body)
-                .await?;
+        if let Posted::Sent(answer) = self.post_in(channel, body).await? {
             return Ok(card_reference(channel, &answer, shows));
         }
         let user = run
@@ -157,14 +130,14 @@ impl Surface for SlackSurface {
         let message = self
             .render("approval_request", request_data(run, mention))?
             .with("channel", &json!(channel));
-        let answer = self
-            .post(
-                "chat.postMessage",
-                Some((channel, Urgent)),
-                message.into_string(),
-            )
-            .await?;
-        Ok(json!({"channel": channel, "ts": answer["ts"]}))
+        match self.post_in(channel, message.into_string()).await? {
+            Posted::Sent(answer) => Ok(json!({"channel": channel, "ts": answer["ts"]})),
+            // Tried again with a backoff, so the request goes once the bot is invited.
+            Posted::Barred(reason) => Err(AppError::Delivery(format!(
+                "approval requests cannot be posted in slack.approval_channel `{channel}` \
+                 ({reason}): invite the bot there with `/invite @portbot`"
+            ))),
+        }
     }
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
@@ -172,6 +145,14 @@ impl Surface for SlackSurface {
         self.update(message, &request["channel"], &request["ts"])
             .await
     }
+}
+
+/// What came of posting in a channel the bot may not be in.
+enum Posted {
+    /// Slack's answer to the post.
+    Sent(Value),
+    /// The bot may not post there and could not join (a private channel, a DM): Slack's reason.
+    Barred(String),
 }
 
 /// Where a card went: its channel and `ts` (the thread's `thread_ts`), and what it shows.
@@ -197,6 +178,43 @@ impl SlackSurface {
         self.post("chat.update", None, message.into_string())
             .await
             .map(|_| ())
+    }
+
+    /// Posts a card or an approval request (urgent) in `channel`; where Slack says the bot is
+    /// not in it, the bot joins (a public channel) and posts again.
+    async fn post_in(&self, channel: &str, body: String) -> Result<Posted, AppError> {
+        let posted = {
+            let _slot = self.pace.slot(channel, Urgent).await;
+            self.api.call_text("chat.postMessage", body.clone()).await
+        };
+        let refusal = match posted {
+            Ok(answer) => return Ok(Posted::Sent(answer)),
+            Err(SlackApiError::Refused { error, .. })
+                if error == "not_in_channel" || error == "channel_not_found" =>
+            {
+                error
+            }
+            Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
+                // Paced and retried like any post.
+                return self
+                    .post("chat.postMessage", Some((channel, Urgent)), body)
+                    .await
+                    .map(Posted::Sent);
+            }
+            Err(error) => return Err(AppError::Delivery(error.to_string())),
+        };
+        let joined = refusal == "not_in_channel"
+            && self
+                .api
+                .call("conversations.join", &json!({"channel": channel}))
+                .await
+                .is_ok();
+        if !joined {
+            return Ok(Posted::Barred(refusal));
+        }
+        self.post("chat.postMessage", Some((channel, Urgent)), body)
+            .await
+            .map(Posted::Sent)
     }
 
     /// Calls Slack, waiting out rate limits as Slack asks; a message posted to a channel
