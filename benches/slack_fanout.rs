@@ -1,6 +1,6 @@
 //! Log fan-out to Slack: 200 runs, each requested in its own channel, each getting 50 log lines
 //! at once, against a fake Slack that allows one message per second per channel (and answers
-//! 429 to anything faster). Reports messages sent, lines lost (must be 0), 429s, and the drain
+//! 429 to anything faster). Reports messages sent, card updates, lines lost (must be 0), 429s, and the drain
 //! time against the limits' lower bound: (messages in the busiest channel - 1) seconds.
 //!
 //! Twice, each with a portbot of its own:
@@ -40,6 +40,8 @@ struct Seen {
     /// Messages accepted per channel, with the time of the last one.
     per_channel: HashMap<String, (usize, Instant)>,
     refused: usize,
+    /// Card updates (`chat.update`): Slack allows them less often than posts (Tier 3).
+    updates: usize,
     /// Log lines seen in thread messages, by text.
     lines: HashMap<String, usize>,
     ended: usize,
@@ -59,6 +61,9 @@ async fn fake_slack(seen: Arc<Mutex<Seen>>) -> String {
                     let channel = body["channel"].as_str().unwrap_or_default().to_owned();
                     let mut seen = seen.lock().unwrap();
                     let now = Instant::now();
+                    if method == "chat.update" {
+                        seen.updates += 1;
+                    }
                     if method == "chat.postMessage" {
                         let (count, last) = seen.per_channel.get(&channel).copied().unwrap_or((0, now - Duration::from_secs(10)));
                         if now.duration_since(last) < Duration::from_millis(990) {
@@ -237,6 +242,7 @@ async fn fan_out(runs: usize, lines: usize, configure: impl FnOnce(&mut Settings
         "| messages sent | {messages} ({:.1} per run) |",
         messages as f64 / runs as f64
     );
+    println!("| card updates (chat.update) | {} |", seen.updates);
     println!(
         "| messages refused with 429 (sent too fast) | {} |",
         seen.refused
