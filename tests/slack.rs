@@ -388,16 +388,35 @@ async fn calls_until(fake: &FakeSlack, count: usize) -> Vec<common::SlackCall> {
     fake.calls_when(|calls| calls.len() >= count).await
 }
 
-#[tokio::test]
-async fn the_run_card_and_its_thread_follow_the_run() {
-    let fake = FakeSlack::start().await;
-    let app = slack_app_with(&fake).await;
-    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
-    let calls = calls_until(&fake, 2).await;
+/// The calls once the card at `card_ts` was updated to show `text`.
+async fn card_updated_to(fake: &FakeSlack, card_ts: &str, text: &str) -> Vec<common::SlackCall> {
+    fake.calls_when(|calls| {
+        calls.iter().any(|c| {
+            c.method == "chat.update"
+                && c.body["ts"] == card_ts
+                && c.body["blocks"].to_string().contains(text)
+        })
+    })
+    .await
+}
+
+/// Requests a run that needs approval in C123: the calls once its card is posted, and where the
+/// card is among them.
+async fn command_with_card(app: &TestApp, fake: &FakeSlack) -> (Vec<common::SlackCall>, usize) {
+    command(app, "UDEV", "add-documentdb mailer instances=2").await;
+    let calls = calls_until(fake, 2).await;
     let at = calls
         .iter()
         .position(|c| c.body["channel"] == "C123")
         .expect("a card was posted");
+    (calls, at)
+}
+
+#[tokio::test]
+async fn the_run_card_and_its_thread_follow_the_run() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    let (calls, at) = command_with_card(&app, &fake).await;
     let card = &calls[at];
     assert_eq!(card.method, "chat.postMessage");
     assert_eq!(card.authorization, format!("Bearer {BOT_TOKEN}"));
@@ -836,12 +855,7 @@ async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
 async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
-    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
-    let calls = calls_until(&fake, 2).await;
-    let at = calls
-        .iter()
-        .position(|c| c.body["channel"] == "C123")
-        .expect("a card was posted");
+    let (_, at) = command_with_card(&app, &fake).await;
     let card_ts = common::slack_ts(at);
     fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
         .await;
@@ -856,15 +870,7 @@ async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     *fake.refuse_method.lock().unwrap() = None;
 
-    let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.method == "chat.update"
-                    && c.body["ts"] == card_ts
-                    && c.body["blocks"].to_string().contains("SUCCESS")
-            })
-        })
-        .await;
+    let calls = card_updated_to(&fake, &card_ts, "SUCCESS").await;
     let last_update = calls
         .iter()
         .rfind(|c| c.method == "chat.update" && c.body["ts"] == card_ts)
@@ -1259,15 +1265,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
             "<@UDEV> your run ended: *SUCCESS*",
         ],
     );
-    let calls = fake
-        .calls_when(|calls| {
-            calls.iter().any(|c| {
-                c.method == "chat.update"
-                    && c.body["ts"] == card_ts
-                    && c.body["blocks"].to_string().contains("SUCCESS")
-            })
-        })
-        .await;
+    let calls = card_updated_to(&fake, &card_ts, "SUCCESS").await;
     let card_updates: Vec<&common::SlackCall> = calls
         .iter()
         .filter(|c| c.method == "chat.update" && c.body["channel"] == "C123")
