@@ -43,6 +43,16 @@ pub fn card_data(run: &Run, mention: Mention) -> Value {
     data
 }
 
+/// Card data for updating the card at `card` (its stored reference): a card that went to the
+/// requester instead keeps saying which channel it could not reach (`unreachable_channel`,
+/// kept in the reference when it was placed).
+pub fn card_update_data(mut data: Value, card: &Value) -> Value {
+    if let Some(unreachable) = card.get("unreachable_channel") {
+        data["unreachable_channel"] = unreachable.clone();
+    }
+    data
+}
+
 /// The approval request: the card's data, the decisions so far and whether the buttons show.
 pub fn request_data(run: &Run, mention: Mention) -> Value {
     let mut data = card_data(run, mention);

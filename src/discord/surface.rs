@@ -18,7 +18,7 @@ use super::rest::{DiscordApi, DiscordApiError};
 use crate::app::{App, AppError};
 use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::Messages;
-use crate::chat::view::{card_data, reply_data, request_data};
+use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
 use crate::chat::Surface;
 use crate::core::ids::{self, Identity};
 use crate::core::run::{Run, RunEvent};
@@ -120,10 +120,7 @@ impl Surface for DiscordSurface {
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
-        let mut data = card_data_with_link(run);
-        if let Some(unreachable) = card.get("unreachable_channel") {
-            data["unreachable_channel"] = unreachable.clone();
-        }
+        let data = card_update_data(card_data_with_link(run), card);
         let message = self.render("run_card", data)?;
         let Some(updated) = updated_card(card, &message.to_string()) else {
             return Ok(None);

@@ -20,7 +20,7 @@ use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
 use crate::chat::pace::Priority::{self, Bulk, Urgent};
-use crate::chat::view::{card_data, reply_data, request_data};
+use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
 use crate::chat::Surface;
 use crate::core::ids::Identity;
 use crate::core::run::{Run, RunEvent};
@@ -112,10 +112,7 @@ impl Surface for SlackSurface {
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
-        let mut data = card_data(run, mention);
-        if let Some(unreachable) = card.get("unreachable_channel") {
-            data["unreachable_channel"] = unreachable.clone();
-        }
+        let data = card_update_data(card_data(run, mention), card);
         let message = self.render("run_card", data)?;
         let Some(updated) = updated_card(card, message.as_str()) else {
             return Ok(None);
@@ -183,23 +180,15 @@ impl SlackSurface {
     /// Posts a card or an approval request (urgent) in `channel`; where Slack says the bot is
     /// not in it, the bot joins (a public channel) and posts again.
     async fn post_in(&self, channel: &str, body: String) -> Result<Posted, AppError> {
-        let posted = {
-            let _slot = self.pace.slot(channel, Urgent).await;
-            self.api.call_text("chat.postMessage", body.clone()).await
-        };
+        let posted = self
+            .call_paced("chat.postMessage", Some((channel, Urgent)), body.clone())
+            .await;
         let refusal = match posted {
             Ok(answer) => return Ok(Posted::Sent(answer)),
             Err(SlackApiError::Refused { error, .. })
                 if error == "not_in_channel" || error == "channel_not_found" =>
             {
                 error
-            }
-            Err(SlackApiError::RateLimited(_)) | Err(SlackApiError::Unreachable { .. }) => {
-                // Paced and retried like any post.
-                return self
-                    .post("chat.postMessage", Some((channel, Urgent)), body)
-                    .await
-                    .map(Posted::Sent);
             }
             Err(error) => return Err(AppError::Delivery(error.to_string())),
         };
@@ -226,15 +215,26 @@ impl SlackSurface {
         paced_in: Option<(&str, Priority)>,
         body: String,
     ) -> Result<Value, AppError> {
+        self.call_paced(method, paced_in, body)
+            .await
+            .map_err(|error| AppError::Delivery(error.to_string()))
+    }
+
+    /// [`SlackSurface::post`], with Slack's refusal as it came, for a caller that acts on it.
+    async fn call_paced(
+        &self,
+        method: &str,
+        paced_in: Option<(&str, Priority)>,
+        body: String,
+    ) -> Result<Value, SlackApiError> {
         let _slot = match paced_in {
             Some((channel, priority)) => Some(self.pace.slot(channel, priority).await),
             None => None,
         };
         loop {
             match self.api.call_text(method, body.clone()).await {
-                Ok(answer) => return Ok(answer),
                 Err(SlackApiError::RateLimited(wait)) => tokio::time::sleep(wait).await,
-                Err(error) => return Err(AppError::Delivery(error.to_string())),
+                answer => return answer,
             }
         }
     }
