@@ -28,6 +28,7 @@
 //! [`Merging`]), so a reader of events takes a key to hold any events before its own too.
 
 mod chunks;
+mod decoded;
 mod memtable;
 mod wal;
 
@@ -42,6 +43,7 @@ use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
 use chunks::Chunking;
+use decoded::{DecodedRuns, Written};
 use memtable::{Merging, Tree};
 use wal::{Wal, Write};
 
@@ -61,15 +63,29 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     tree: Arc<Tree>,
     wal: Arc<Wal>,
+    decoded: Arc<DecodedRuns>,
 }
 
-/// A run's stored record (see [`Store::run_record`]).
-#[derive(PartialEq)]
-pub struct RunRecord(sled::IVec);
+/// A run's stored record (see [`Store::run_record`]); records compare by their bytes.
+pub struct RunRecord {
+    id: RunId,
+    bytes: sled::IVec,
+    decoded: Arc<DecodedRuns>,
+}
+
+impl PartialEq for RunRecord {
+    fn eq(&self, other: &RunRecord) -> bool {
+        self.bytes == other.bytes
+    }
+}
 
 impl RunRecord {
+    /// The run: as written, where the store kept it decoded (see `decoded`).
     pub fn decode(&self) -> StoreResult<Run> {
-        Ok(decode(&self.0)?)
+        match self.decoded.get(&self.id, &self.bytes) {
+            Some(run) => Ok(run),
+            None => Ok(decode(&self.bytes)?),
+        }
     }
 }
 
@@ -77,6 +93,8 @@ impl RunRecord {
 #[derive(Default)]
 pub struct Change {
     ops: Vec<wal::Op>,
+    /// The runs it writes, each with the index of its write in `ops`.
+    runs: Vec<(usize, Written)>,
 }
 
 /// The per-run index entries, which sled keeps in chunks (see `chunks`): `active/<run>` and
@@ -202,10 +220,24 @@ impl Change {
     /// Drops the writes added after the change held `len` of them.
     pub fn truncate(&mut self, len: usize) {
         self.ops.truncate(len);
+        self.runs.retain(|(op, _)| *op < len);
     }
 
     pub fn put_run(&mut self, run: &Run) {
-        self.insert(run_key(&run.id), json(run));
+        let record = json(run);
+        self.runs.push((
+            self.ops.len(),
+            Written {
+                record: record.clone(),
+                run: run.clone(),
+            },
+        ));
+        self.insert(run_key(&run.id), record);
+    }
+
+    /// The runs written, for the store to keep decoded once the change is committed.
+    fn written_runs(&mut self) -> impl Iterator<Item = Written> {
+        std::mem::take(&mut self.runs).into_iter().map(|(_, w)| w)
     }
 
     /// Stores events of a run of `action`, made together, under one key (each key costs sled
@@ -317,19 +349,26 @@ impl Store {
         Ok(Store {
             wal: Arc::new(Wal::open(&tree, wal_dir.into(), checkpoint_every)?),
             tree,
+            decoded: Arc::default(),
         })
     }
 
     /// Writes a change; returns once it is durable and visible. Changes waiting at the same
     /// time share one log write and one sync.
-    pub async fn commit(&self, change: Change) -> StoreResult<()> {
-        self.wal.write(change.ops).await
+    pub async fn commit(&self, mut change: Change) -> StoreResult<()> {
+        let runs = change.written_runs();
+        self.wal.write(change.ops).await?;
+        self.decoded.keep(runs);
+        Ok(())
     }
 
     /// Like [`Store::commit`], blocking the thread: for the rare changes made under a lock
     /// that must not be held across an await (the catalog's).
-    pub fn commit_blocking(&self, change: Change) -> StoreResult<()> {
-        self.wal.write_blocking(change.ops)
+    pub fn commit_blocking(&self, mut change: Change) -> StoreResult<()> {
+        let runs = change.written_runs();
+        self.wal.write_blocking(change.ops)?;
+        self.decoded.keep(runs);
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
@@ -348,7 +387,11 @@ impl Store {
 
     /// A run's record as stored, not decoded yet: two reads of the same record compare equal.
     pub fn run_record(&self, id: &RunId) -> StoreResult<Option<RunRecord>> {
-        Ok(self.tree.get(&run_key(id))?.map(RunRecord))
+        Ok(self.tree.get(&run_key(id))?.map(|bytes| RunRecord {
+            id: id.clone(),
+            bytes,
+            decoded: Arc::clone(&self.decoded),
+        }))
     }
 
     /// A run's status alone: its record is read without building the rest of it.
