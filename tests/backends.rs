@@ -1,8 +1,13 @@
 //! Backends end to end: signed webhooks checked as a receiver checks them, retries while the
-//! receiver is down, synchronized mode, and COMMAND output, exit codes and timeouts.
+//! receiver is down, redirects not followed, synchronized mode, and COMMAND output, exit codes
+//! and timeouts.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
 use common::{action, free_addr, verify_port_signature, Receiver, TestApp};
 use serde_json::{json, Value};
 
@@ -194,6 +199,44 @@ async fn a_webhook_that_never_recovers_fails_the_run_with_the_reason() {
     assert!(
         app.log_lines(&run).await[0].starts_with("the webhook backend refused the run: HTTP 404")
     );
+}
+
+#[tokio::test]
+async fn a_webhook_that_redirects_is_not_followed_and_the_run_says_where_it_pointed() {
+    // The receiver the redirect points at must not get the signed request.
+    let elsewhere = Receiver::start().await;
+    let target = format!("{}?token=secret", elsewhere.url());
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = redirecting.local_addr().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&asked);
+    let router = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let target = target.clone();
+        async move { (StatusCode::TEMPORARY_REDIRECT, [("location", target)]) }
+    });
+    tokio::spawn(async move { axum::serve(redirecting, router).await.unwrap() });
+    let hook = action(
+        "moved",
+        "CREATE",
+        json!({"type": "WEBHOOK", "url": format!("http://{addr}/hook")}),
+        false,
+    );
+    let app = TestApp::spawn(&[hook]).await;
+
+    let run = app.run_id(DEV, "moved", None, json!({})).await;
+    app.wait_for(&run, "FAILURE").await;
+    assert_eq!(
+        app.log_lines(&run).await,
+        [format!(
+            "the webhook answered HTTP 307, a redirect to {}: portbot does not follow \
+             redirects, since the request is signed for the action's url; set the url to \
+             where the backend is",
+            elsewhere.url()
+        )]
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1, "a redirect is not retried");
+    assert_eq!(elsewhere.count(), 0, "the redirect was not followed");
 }
 
 #[tokio::test]

@@ -81,6 +81,10 @@ struct Dispatcher {
 pub fn spawn(app: App, config: BackendConfig) -> tokio::task::JoinHandle<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(config.webhook.timeout_seconds))
+        // A webhook's request is signed for the action's url: a redirect would take its
+        // signature somewhere else (or, for 301 and 302, turn the POST into a GET without
+        // the body). A redirect is answered as a failure that names where it pointed.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("the HTTP client builds");
     let max_concurrent = config.max_concurrent;

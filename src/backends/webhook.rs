@@ -168,6 +168,7 @@ fn build(
 }
 
 enum Attempt {
+    /// The status, and the body (for a redirect, where it points).
     Answered(reqwest::StatusCode, String),
     Unreachable(String),
 }
@@ -226,6 +227,17 @@ pub(super) async fn invoke(
             request = request.header(name.as_str(), value.as_str());
         }
         let outcome = match request.send().await {
+            Ok(response) if response.status().is_redirection() => {
+                // Where it points, without a query that may carry a token.
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| l.split(['?', '#']).next())
+                    .unwrap_or_default()
+                    .to_owned();
+                Attempt::Answered(response.status(), location)
+            }
             Ok(response) => {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();
@@ -297,6 +309,19 @@ async fn finish(
         (true, false) => Ok(Some(
             format!("webhook delivered (HTTP {code}); waiting for the backend to report").into(),
         )),
+        (false, _) if status.is_redirection() => {
+            let to = match excerpt.as_str() {
+                "" => String::new(),
+                location => format!(" to {location}"),
+            };
+            dispatcher
+                .end(
+                    &run.id,
+                    format!("the webhook answered HTTP {code}, a redirect{to}: portbot does not follow redirects, since the request is signed for the action's url; set the url to where the backend is"),
+                    RunStatus::Failure,
+                )
+                .await
+        }
         (false, _) => {
             dispatcher
                 .end(
