@@ -152,7 +152,7 @@ fn merge_events(values: &[&[u8]]) -> Vec<u8> {
 }
 
 fn run_key(id: &RunId) -> Vec<u8> {
-    format!("run/{id}").into_bytes()
+    key(&[b"run/", id.as_str().as_bytes()])
 }
 
 /// `active/<run>` -> `run/<run>`.
@@ -163,13 +163,32 @@ fn run_key_from_index(index_key: &[u8]) -> Vec<u8> {
 }
 
 fn event_key(id: &RunId, seq: u64) -> Vec<u8> {
-    let mut key = format!("ev/{id}/").into_bytes();
+    let mut key = key(&[b"ev/", id.as_str().as_bytes(), b"/"]);
     key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 
 fn due_key(consumer: &str, run: &RunId) -> Vec<u8> {
-    format!("due/{consumer}/{run}").into_bytes()
+    key(&[b"due/", consumer.as_bytes(), b"/", run.as_str().as_bytes()])
+}
+
+fn reference_key(consumer: &str, run: &RunId) -> Vec<u8> {
+    key(&[b"ref/", consumer.as_bytes(), b"/", run.as_str().as_bytes()])
+}
+
+fn invocation_key(run: &RunId) -> Vec<u8> {
+    key(&[b"inv/", run.as_str().as_bytes()])
+}
+
+/// `parts` joined into one key. Keys are made for every read and write, and `format!` made
+/// them several times slower (1 % of a run's instructions).
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    // Room for a sequence number after them (`event_key`).
+    let mut key = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
 }
 
 fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
@@ -252,7 +271,7 @@ impl Change {
             many => json(&many),
         };
         self.insert(event_key(&last.run_id, last.seq), value);
-        let active = || format!("active/{}", first.run_id).into_bytes();
+        let active = || key(&[b"active/", first.run_id.as_str().as_bytes()]);
         for event in events {
             match event.kind {
                 EventKind::Created => self.insert(active(), action.as_bytes()),
@@ -298,14 +317,11 @@ impl Change {
 
     /// What a consumer keeps about a run (its chat message ids, for one).
     pub fn set_reference(&mut self, consumer: &str, run: &RunId, reference: &serde_json::Value) {
-        self.insert(
-            format!("ref/{consumer}/{run}").into_bytes(),
-            json(reference),
-        );
+        self.insert(reference_key(consumer, run), json(reference));
     }
 
     pub fn set_invocation_attempts(&mut self, run: &RunId, attempts: u32) {
-        self.insert(format!("inv/{run}").into_bytes(), attempts.to_be_bytes());
+        self.insert(invocation_key(run), attempts.to_be_bytes());
     }
 
     pub fn put_entity(&mut self, entity: &Entity) {
@@ -500,13 +516,13 @@ impl Store {
     }
 
     pub fn reference(&self, consumer: &str, run: &RunId) -> StoreResult<Option<serde_json::Value>> {
-        self.get(format!("ref/{consumer}/{run}").as_bytes())
+        self.get(&reference_key(consumer, run))
     }
 
     pub fn invocation_attempts(&self, run: &RunId) -> StoreResult<u32> {
         Ok(self
             .tree
-            .get(format!("inv/{run}").as_bytes())?
+            .get(&invocation_key(run))?
             .and_then(|v| v.as_ref().try_into().ok().map(u32::from_be_bytes))
             .unwrap_or(0))
     }
