@@ -50,7 +50,6 @@ macro_rules! catalog_identifier {
             }
         }
 
-
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -192,7 +192,22 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
-    format!("ent/{blueprint}/{id}").into_bytes()
+    key(&[
+        b"ent/",
+        blueprint.as_str().as_bytes(),
+        b"/",
+        id.as_str().as_bytes(),
+    ])
+}
+
+/// `src/<blueprint>/<id>`: the hash of the catalog file an entity was loaded from.
+fn source_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
+    key(&[
+        b"src/",
+        blueprint.as_str().as_bytes(),
+        b"/",
+        id.as_str().as_bytes(),
+    ])
 }
 
 /// A stored JSON record. Read as text after one UTF-8 check of the whole record: read from
@@ -333,12 +348,12 @@ impl Change {
 
     pub fn remove_entity(&mut self, blueprint: &BlueprintId, id: &EntityId) {
         self.remove(entity_key(blueprint, id));
-        self.remove(format!("src/{blueprint}/{id}").into_bytes());
+        self.remove(source_key(blueprint, id));
     }
 
     pub fn set_entity_source(&mut self, entity: &Entity, hash: u64) {
         self.insert(
-            format!("src/{}/{}", entity.blueprint, entity.identifier).into_bytes(),
+            source_key(&entity.blueprint, &entity.identifier),
             hash.to_be_bytes(),
         );
     }
@@ -542,7 +557,7 @@ impl Store {
     ) -> StoreResult<Option<u64>> {
         Ok(self
             .tree
-            .get(format!("src/{blueprint}/{id}").as_bytes())?
+            .get(&source_key(blueprint, id))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
     }
 
