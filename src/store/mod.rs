@@ -192,22 +192,17 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
-    key(&[
-        b"ent/",
-        blueprint.as_str().as_bytes(),
-        b"/",
-        id.as_str().as_bytes(),
-    ])
+    catalog_key(b"ent/", blueprint, id)
 }
 
 /// `src/<blueprint>/<id>`: the hash of the catalog file an entity was loaded from.
 fn source_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
-    key(&[
-        b"src/",
-        blueprint.as_str().as_bytes(),
-        b"/",
-        id.as_str().as_bytes(),
-    ])
+    catalog_key(b"src/", blueprint, id)
+}
+
+fn catalog_key(prefix: &[u8], blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
+    let (blueprint, id) = (blueprint.as_str().as_bytes(), id.as_str().as_bytes());
+    key(&[prefix, blueprint, b"/", id])
 }
 
 /// A stored JSON record. Read as text after one UTF-8 check of the whole record: read from
