@@ -7,8 +7,8 @@ mod common;
 use std::sync::atomic::Ordering::SeqCst;
 
 use common::discord::{
-    autocomplete, click, command, send, send_raw, send_signed, submit, FakeDiscord, APPROVALS,
-    BOT_TOKEN, CHANNEL, DEV, OPS,
+    autocomplete, click, command, send, send_raw, send_signed, send_signed_text, submit,
+    FakeDiscord, APPROVALS, BOT_TOKEN, CHANNEL, DEV, OPS,
 };
 use common::TestApp;
 use serde_json::{json, Value};
@@ -117,6 +117,61 @@ async fn pings_are_answered_and_forged_or_stale_requests_are_refused_storing_not
         let (status, _) = send(&app, &garbage).await;
         assert_eq!(status, 400, "{garbage}");
     }
+}
+
+#[tokio::test]
+async fn signed_but_malformed_interactions_get_an_answer_and_the_bot_stays_up() {
+    use rand::SeedableRng;
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let valid = [
+        command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+        command(DEV, "add-documentdb", Some("mailer"), None),
+        autocomplete(DEV, "add-", None, "action"),
+        click(OPS, "approve:r_0123456789abcdef"),
+        click(OPS, "decline:r_0123456789abcdef"),
+        submit(DEV, "inputs:x", &[("instances", "3")]),
+    ];
+    // Seeded, so a failure names a body that fails again.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xd15c);
+    let mut sent = std::collections::HashSet::new();
+    let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+    for round in 0..60 {
+        for interaction in &valid {
+            let mut body = common::mutated(&interaction.to_string(), &mut rng);
+            if round % 3 == 0 {
+                body = common::mutated(&body, &mut rng);
+            }
+            if !sent.insert(body.clone()) {
+                continue;
+            }
+            let now = chrono::Utc::now().timestamp();
+            let (status, answer) = send_signed_text(&app, &body, now).await;
+            assert!(
+                matches!(status, 200 | 400 | 413),
+                "answered {status} ({answer}) to {body:?}"
+            );
+            *answered.entry(status).or_default() += 1;
+        }
+    }
+    // Past the signature check and into the parsers: some bodies refused, some acted on.
+    println!("answers by status: {answered:?}");
+    assert!(
+        answered.contains_key(&400) && answered.contains_key(&200),
+        "{answered:?}"
+    );
+    let before = run_count(&app).await;
+    let (status, _) = send(
+        &app,
+        &command(DEV, "add-documentdb", Some("mailer"), Some("instances=3")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        run_count(&app).await,
+        before + 1,
+        "a valid command still makes a run"
+    );
 }
 
 #[tokio::test]

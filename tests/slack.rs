@@ -383,6 +383,126 @@ async fn forged_stale_and_replayed_requests_are_refused_and_store_nothing() {
     assert_eq!(status, 200);
 }
 
+/// Bodies a signed request may carry that are no Slack request portbot can act on: each gets
+/// an answer (never a server error or a dropped connection), and the bot stays up.
+fn malformed_bodies() -> Vec<(&'static str, String)> {
+    let payload = |json: &str| serde_urlencoded::to_string([("payload", json)]).unwrap();
+    let mut bodies: Vec<(&str, String)> = [
+        "",
+        "=",
+        "&&&",
+        "command=/port",
+        "user_id=UDEV&command=/port&text=add-documentdb%20mailer",
+        "user_id=UDEV&channel_id=C1&text=%E0%A4&command=/port",
+        "user_id=UDEV&channel_id=C1&text=%ZZ&command=/port",
+    ]
+    .into_iter()
+    .map(|body| ("/slack/commands", body.to_owned()))
+    .collect();
+    bodies.push(("/slack/commands", form("UDEV", &"x".repeat(100_000))));
+    for json in [
+        "",
+        "{",
+        "null",
+        "[]",
+        "42",
+        r#"{"type":"block_actions"}"#,
+        r#"{"type":"block_actions","user":{"id":"UDEV"},"actions":[{}]}"#,
+        r#"{"type":"block_actions","user":{"id":"UDEV"},"actions":[{"action_id":"approve","value":"no-such-run"}]}"#,
+        r#"{"type":"view_submission","user":{"id":"UDEV"}}"#,
+        r#"{"type":"view_submission","user":{"id":"UDEV"},"view":{"callback_id":"portbot_inputs","private_metadata":"{","state":{"values":[]}}}"#,
+        r#"{"type":"view_submission","user":{"id":"UDEV"},"view":{"callback_id":"portbot_decline","private_metadata":"","state":{"values":{}}}}"#,
+        r#"{"type":"shortcut","user":{"id":"UDEV"}}"#,
+    ] {
+        bodies.push(("/slack/interactions", payload(json)));
+    }
+    bodies.push(("/slack/interactions", "payload".to_owned()));
+    bodies.push(("/slack/interactions", "payload=%7B%22type".to_owned()));
+    bodies
+}
+
+#[tokio::test]
+async fn signed_but_malformed_requests_get_an_answer_and_the_bot_stays_up() {
+    use rand::SeedableRng;
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    let mut requests = malformed_bodies();
+    // Seeded, so a failure names a body that fails again.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let valid = [
+        (
+            "/slack/commands",
+            form("UDEV", "add-documentdb mailer instances=2"),
+        ),
+        ("/slack/commands", form("UDEV", "add-documentdb mailer")),
+        (
+            "/slack/interactions",
+            click("UOPS", "approve", "r_0123456789abcdef"),
+        ),
+        (
+            "/slack/interactions",
+            click("UOPS", "decline", "r_0123456789abcdef"),
+        ),
+        (
+            "/slack/interactions",
+            submission(
+                "UDEV",
+                "{}",
+                json!({"instances": {"value": {"type": "plain_text_input", "value": "2"}}}),
+            ),
+        ),
+        (
+            "/slack/interactions",
+            decline_submission("UOPS", "{}", "no"),
+        ),
+    ];
+    for round in 0..60 {
+        for (path, body) in &valid {
+            let mut body = common::mutated(body, &mut rng);
+            if round % 3 == 0 {
+                body = common::mutated(&body, &mut rng);
+            }
+            requests.push((path, body));
+        }
+    }
+    let mut sent = std::collections::HashSet::new();
+    let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+    for (path, body) in requests {
+        // The same body signed in the same second is a replay, refused as such.
+        if !sent.insert((path, body.clone())) {
+            continue;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let (status, answer) = send_signed(&app, path, &body, now, SECRET).await;
+        assert!(
+            matches!(status, 200 | 400 | 413),
+            "{path} answered {status} ({answer}) to {body:?}"
+        );
+        *answered.entry(status).or_default() += 1;
+    }
+    // Past the signature check and into the parsers: some bodies refused, some acted on.
+    println!("answers by status: {answered:?}");
+    assert!(
+        answered.contains_key(&400) && answered.contains_key(&200),
+        "{answered:?}"
+    );
+    let healthy = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthy.status(), 200);
+    let before = run_count(&app).await;
+    let reply = command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    assert!(all_text(&reply).contains("mailer"), "{reply}");
+    assert_eq!(
+        run_count(&app).await,
+        before + 1,
+        "a valid command still makes a run"
+    );
+}
+
 /// Waits (up to 10 s) until the fake Slack got `count` calls.
 async fn calls_until(fake: &FakeSlack, count: usize) -> Vec<common::SlackCall> {
     fake.calls_when(|calls| calls.len() >= count).await

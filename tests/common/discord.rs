@@ -34,11 +34,15 @@ fn signing_key() -> SigningKey {
 
 /// Posts an interaction signed as Discord signs it, at `timestamp`; the status and the JSON.
 pub async fn send_signed(app: &TestApp, body: &Value, timestamp: i64) -> (u16, Value) {
-    let body = body.to_string();
+    send_signed_text(app, &body.to_string(), timestamp).await
+}
+
+/// Posts any text signed as Discord signs it, at `timestamp`.
+pub async fn send_signed_text(app: &TestApp, body: &str, timestamp: i64) -> (u16, Value) {
     let signature = signing_key().sign(format!("{timestamp}{body}").as_bytes());
     send_raw(
         app,
-        &body,
+        body,
         &timestamp.to_string(),
         &hex::encode(signature.to_bytes()),
     )

@@ -24,6 +24,28 @@ use portbot::startup::{Application, DEMO_SECRET};
 pub const ADMIN: &str = "portbot-cli";
 pub const BACKEND: &str = "portbot-backend";
 
+/// `body` with one random change (for tests that feed parsers what no client sends): cut short, a stretch removed, or characters that mean
+/// something to a form or JSON parser put in.
+pub fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
+    const TRICKY: [&str; 14] = [
+        "%", "%ZZ", "%FF", "&", "=", "+", "{", "}", "[", "\"", "\\", "\u{0}", "é", "%7B",
+    ];
+    let mut chars: Vec<char> = body.chars().collect();
+    let at = rng.random_range(0..=chars.len());
+    match rng.random_range(0..3) {
+        0 => chars.truncate(at),
+        1 => {
+            let end = (at + rng.random_range(1..40)).min(chars.len());
+            chars.drain(at..end);
+        }
+        _ => {
+            let insert = TRICKY[rng.random_range(0..TRICKY.len())];
+            chars.splice(at..at, insert.chars());
+        }
+    }
+    chars.into_iter().collect()
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
