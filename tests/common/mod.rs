@@ -46,6 +46,32 @@ pub fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
     chars.into_iter().collect()
 }
 
+/// The answers to malformed requests, by status: each must be an answer a client can act on
+/// (200, 400, 413), never a server error.
+#[derive(Default)]
+pub struct MalformedAnswers(std::collections::BTreeMap<u16, usize>);
+
+impl MalformedAnswers {
+    pub fn record(&mut self, status: u16, answer: &dyn std::fmt::Display, body: &str) {
+        assert!(
+            matches!(status, 200 | 400 | 413),
+            "answered {status} ({answer}) to {body:?}"
+        );
+        *self.0.entry(status).or_default() += 1;
+    }
+
+    /// That the bodies got past the signature check and into the parsers: some were refused,
+    /// some acted on.
+    pub fn assert_parsed(&self) {
+        println!("answers by status: {:?}", self.0);
+        assert!(
+            self.0.contains_key(&400) && self.0.contains_key(&200),
+            "{:?}",
+            self.0
+        );
+    }
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
