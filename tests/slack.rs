@@ -423,12 +423,8 @@ fn malformed_bodies() -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn signed_but_malformed_requests_get_an_answer_and_the_bot_stays_up() {
-    use rand::SeedableRng;
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
-    let mut requests = malformed_bodies();
-    // Seeded, so a failure names a body that fails again.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let valid = [
         (
             "/slack/commands",
@@ -456,22 +452,13 @@ async fn signed_but_malformed_requests_get_an_answer_and_the_bot_stays_up() {
             decline_submission("UOPS", "{}", "no"),
         ),
     ];
-    for round in 0..60 {
-        for (path, body) in &valid {
-            let mut body = common::mutated(body, &mut rng);
-            if round % 3 == 0 {
-                body = common::mutated(&body, &mut rng);
-            }
-            requests.push((path, body));
-        }
+    let bodies = valid.clone().map(|(_, body)| body);
+    let mut requests = malformed_bodies();
+    for (index, body) in common::mutations(&bodies, 0x5eed) {
+        requests.push((valid[index].0, body));
     }
-    let mut sent = std::collections::HashSet::new();
     let mut answered = common::MalformedAnswers::default();
     for (path, body) in requests {
-        // The same body signed in the same second is a replay, refused as such.
-        if !sent.insert((path, body.clone())) {
-            continue;
-        }
         let now = chrono::Utc::now().timestamp();
         let (status, answer) = send_signed(&app, path, &body, now, SECRET).await;
         answered.record(status, &format!("{path}: {answer}"), &body);

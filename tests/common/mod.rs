@@ -24,9 +24,31 @@ use portbot::startup::{Application, DEMO_SECRET};
 pub const ADMIN: &str = "portbot-cli";
 pub const BACKEND: &str = "portbot-backend";
 
-/// `body` with one random change (for tests that feed parsers what no client sends): cut short, a stretch removed, or characters that mean
+/// Seeded mutations of `bodies` (so a failure names a body that fails again): 60 rounds of
+/// each, one change per body, two every third round; each with the index of the body it came
+/// from. No text comes twice: the same body signed in the same second would be a replay.
+pub fn mutations(bodies: &[String], seed: u64) -> Vec<(usize, String)> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for round in 0..60 {
+        for (index, body) in bodies.iter().enumerate() {
+            let mut body = mutated(body, &mut rng);
+            if round % 3 == 0 {
+                body = mutated(&body, &mut rng);
+            }
+            if seen.insert(body.clone()) {
+                out.push((index, body));
+            }
+        }
+    }
+    out
+}
+
+/// `body` with one random change: cut short, a stretch removed, or characters that mean
 /// something to a form or JSON parser put in.
-pub fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
+fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
     const TRICKY: [&str; 14] = [
         "%", "%ZZ", "%FF", "&", "=", "+", "{", "}", "[", "\"", "\\", "\u{0}", "é", "%7B",
     ];
