@@ -974,66 +974,33 @@ async fn run(knobs: Knobs) -> String {
     );
     let api = Api::connect(http.clone(), &server).await;
 
-    let mut phases = Vec::new();
-    eprintln!("phase create+complete ...");
-    phases.push(
-        throughput_phase(
-            "create+complete",
-            &api,
-            &server,
-            &hooks,
-            &knobs,
-            true,
-            Load::FlatOut,
-        )
-        .await,
-    );
-    server.check_alive("during create+complete");
-    eprintln!("phase create only ...");
-    phases.push(
-        throughput_phase(
-            "create only",
-            &api,
-            &server,
-            &hooks,
-            &knobs,
-            false,
-            Load::FlatOut,
-        )
-        .await,
-    );
-    server.check_alive("during create only");
-    eprintln!("phase create only, paced ...");
-    phases.push(
-        throughput_phase(
+    let gated = api.for_action(GATED_ACTION);
+    let paced = Load::Paced {
+        runs_per_second: knobs.paced_rate as f64,
+    };
+    let plan = [
+        ("create+complete".to_string(), &api, true, Load::FlatOut),
+        ("create only".into(), &api, false, Load::FlatOut),
+        (
             format!("create only, paced at {} runs/s", knobs.paced_rate),
             &api,
-            &server,
-            &hooks,
-            &knobs,
             false,
-            Load::Paced {
-                runs_per_second: knobs.paced_rate as f64,
-            },
-        )
-        .await,
-    );
-    server.check_alive("during create only, paced");
-    let gated = api.for_action(GATED_ACTION);
-    eprintln!("phase create only, waiting for approval ...");
-    phases.push(
-        throughput_phase(
-            "create only, waiting for approval (no backend call)",
+            paced,
+        ),
+        (
+            "create only, waiting for approval (no backend call)".into(),
             &gated,
-            &server,
-            &hooks,
-            &knobs,
             false,
             Load::FlatOut,
-        )
-        .await,
-    );
-    server.check_alive("during create only, waiting for approval");
+        ),
+    ];
+    let mut phases = Vec::new();
+    for (name, api, complete, load) in plan {
+        eprintln!("phase {name} ...");
+        let phase = throughput_phase(&name, api, &server, &hooks, &knobs, complete, load).await;
+        phases.push(phase);
+        server.check_alive(&format!("during {name}"));
+    }
     server.stop().await;
 
     // The memory phase gets a store of its own, so it holds exactly `BENCH_RUNS` runs.
