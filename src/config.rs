@@ -86,6 +86,9 @@ pub struct SlackSettings {
     /// keeps a workspace-wide limit on `chat.postMessage` of several hundred a minute); 0 for
     /// no such limit.
     pub messages_per_minute: u32,
+    /// `chat.update` calls a minute at most (card and approval request updates), in bursts of
+    /// up to as many: Slack's Tier 3, about 50 a minute for the workspace; 0 for no limit.
+    pub updates_per_minute: u32,
     /// Runs whose messages are being delivered at once. Most of a delivery is waiting for its
     /// channel's next slot, so this is high.
     pub max_concurrent: usize,

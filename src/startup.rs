@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::definitions;
 use crate::discord::{self, DiscordSurface};
 use crate::metrics::Metrics;
-use crate::slack::{self, SlackSurface};
+use crate::slack::{self, SlackSurface, UpdateBudget};
 use crate::store::Store;
 
 /// The client secret shipped in `config/default.toml` for the local quick start.
@@ -158,6 +158,7 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         messages: messages.clone(),
         pace: Pace::new(Duration::from_millis(settings.slack.message_interval_ms))
             .with_shared_budget(settings.slack.messages_per_minute, Duration::from_secs(60)),
+        updates: UpdateBudget::new(settings.slack.updates_per_minute),
         approval_channel: settings.slack.approval_channel.clone().unwrap_or_default(),
     };
     spawn_deliveries(

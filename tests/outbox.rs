@@ -48,6 +48,7 @@ fn up_to(seq: u64) -> Delivery<'static> {
         seq,
         note: None,
         reference: None,
+        keep_due: false,
         read: None,
     }
 }
@@ -137,8 +138,43 @@ fn noted<'a>(pending: &'a Pending, line: &str) -> Delivery<'a> {
         seq: pending.events.last().unwrap().seq,
         note: Some(line.to_owned().into()),
         reference: None,
+        keep_due: false,
         read: Some(pending),
     }
+}
+
+#[tokio::test]
+async fn a_run_kept_due_with_nothing_pending_stays_due_across_a_restart() {
+    let dir = common::deployment(&[]);
+    let dev = Identity::try_from("dev@example.com").unwrap();
+    let run;
+    {
+        let app = open(dir.path()).await;
+        run = app.request_run(two_instances(&dev)).await.unwrap().id;
+        let last = app.outbox_pending("chat", &run).unwrap().events[1].seq;
+        // All delivered, but something is left to do about them (a card to update later).
+        let kept = Delivery {
+            keep_due: true,
+            ..up_to(last)
+        };
+        app.outbox_delivered("chat", &run, kept).await.unwrap();
+        let pending = app.outbox_pending("chat", &run).unwrap();
+        assert!(pending.events.is_empty());
+        assert_eq!(pending.cursor, Some(last));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let app = open(dir.path()).await;
+    assert_eq!(app.outbox_due("chat").unwrap(), vec![run.clone()]);
+    let pending = app.outbox_pending("chat", &run).unwrap();
+    assert!(pending.events.is_empty());
+    let last = pending.cursor.expect("still due after the restart");
+    // Recording again at the same cursor, without keeping it due, is done with it.
+    app.outbox_delivered("chat", &run, up_to(last))
+        .await
+        .unwrap();
+    assert!(app.outbox_due("chat").unwrap().is_empty());
+    assert_eq!(app.outbox_pending("chat", &run).unwrap().cursor, None);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::github::{gitops_on_github, FakeGitHub, REPO, TOKEN};
-use common::slack::{click, form, send_signed, submission};
+use common::slack::{card_updates, click, form, label_then_end, send_signed, submission};
 use common::{action, free_addr, FakeSlack, Receiver, TestApp};
 use serde_json::json;
 
@@ -405,6 +405,64 @@ async fn slack_steps_survive_a_kill() {
         1,
         "the request was never posted twice"
     );
+}
+
+#[tokio::test]
+async fn a_card_update_held_back_by_slacks_limit_is_made_after_a_kill() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let receiver = Receiver::start().await;
+    let hook = action(
+        "hook",
+        "DAY-2",
+        json!({"type": "WEBHOOK", "url": receiver.url()}),
+        false,
+    );
+    let fake = FakeSlack::start().await;
+    let dir = common::deployment(&[hook]);
+    let config = teams_file(dir.path(), "slack_users", "UDEV", "UOPS");
+    let env = vec![
+        ("PORTBOT_CONFIG", config.display().to_string()),
+        ("PORTBOT__SLACK__ENABLED", "true".to_owned()),
+        ("PORTBOT__SLACK__SIGNING_SECRET", SECRET.to_owned()),
+        ("PORTBOT__SLACK__BOT_TOKEN", "xoxb-restart".to_owned()),
+        ("PORTBOT__SLACK__API_URL", fake.api_url()),
+        ("PORTBOT__SLACK__MESSAGE_INTERVAL_MS", "100".to_owned()),
+        ("PORTBOT__SLACK__UPDATES_PER_MINUTE", "1".to_owned()),
+    ];
+    // The first process may update three times, then once every 20 s: the fourth update
+    // waits past the kill. The second has a fresh budget (of one).
+    let mut first_env = env.clone();
+    first_env.retain(|(key, _)| *key != "PORTBOT__SLACK__UPDATES_PER_MINUTE");
+    first_env.push(("PORTBOT__SLACK__UPDATES_PER_MINUTE", "3".to_owned()));
+    let addr = free_addr();
+    let server = start_with(dir.path(), addr, "a.log", &first_env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (status, _) = post_slack(&app, "/slack/commands", &form("UDEV", "hook mailer")).await;
+    assert_eq!(status, 200);
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "C123"))
+        .await;
+    let card_ts = common::card_thread(&fake.calls(), "C123").0;
+    label_then_end(&app, &fake, &run, &card_ts, &["one", "two", "three"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(card_updates(&fake, &card_ts).len(), 3, "the fourth waits");
+    server.kill();
+
+    // The run was kept due for its card: the new process updates it in its own budget's turn.
+    let _server = start_with(dir.path(), addr, "b.log", &env).await;
+    until(
+        "the card updated to the end",
+        &fake,
+        &dir.path().join("b.log"),
+        || card_updates(&fake, &card_ts).len() > 3,
+    )
+    .await;
+    let updates = card_updates(&fake, &card_ts);
+    assert_eq!(updates.len(), 4, "{updates:#?}");
+    assert!(updates[3].contains("SUCCESS"), "{}", updates[3]);
+    let (_, thread) = common::card_thread(&fake.calls(), "C123");
+    assert_eq!(thread.matches("your run ended").count(), 1, "{thread}");
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@
 mod common;
 
 use common::slack::{
-    click, decline_submission, form, form_answered_at, send_signed, signature, submission,
-    BOT_TOKEN, SECRET,
+    card_updates, click, decline_submission, form, form_answered_at, label_then_end, send_signed,
+    signature, submission, BOT_TOKEN, SECRET,
 };
 use common::{mentions, verify_port_signature, FakeSlack, Receiver, TestApp};
 use serde_json::{json, Value};
@@ -639,6 +639,69 @@ async fn messages_past_the_workspace_budget_wait_their_turn_in_the_outbox() {
         2,
         "the budget let a third message through"
     );
+}
+
+/// A WEBHOOK action `hook` on components (to `receiver`, which leaves its runs in progress),
+/// requested in C123 by UDEV: the run and where its card is.
+async fn hook_run_with_card(app: &TestApp, fake: &FakeSlack) -> (String, String) {
+    command(app, "UDEV", "hook mailer").await;
+    let calls = fake
+        .calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "C123"))
+        .await;
+    let at = calls
+        .iter()
+        .position(|c| c.body["channel"] == "C123")
+        .expect("a card was posted");
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    (run, common::slack_ts(at))
+}
+
+#[tokio::test]
+async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on() {
+    let receiver = Receiver::start().await;
+    let hook = common::action(
+        "hook",
+        "DAY-2",
+        json!({"type": "WEBHOOK", "url": receiver.url()}),
+        false,
+    );
+    let fake = FakeSlack::start().await;
+    // Three updates a minute: a burst of three, then one every 20 s.
+    let app = TestApp::spawn_with(&[hook], |settings| {
+        common::slack::enable(settings, &fake);
+        settings.slack.updates_per_minute = 3;
+    })
+    .await;
+    let (run, card_ts) = hook_run_with_card(&app, &fake).await;
+    label_then_end(&app, &fake, &run, &card_ts, &["one", "two", "three"]).await;
+    let spent = std::time::Instant::now();
+
+    // The run's end is in its thread at once; its card waits for the budget.
+    let (_, thread) = common::card_thread(&fake.calls(), "C123");
+    common::assert_in_order(&thread, &["three", "<@UDEV> your run ended: *SUCCESS*"]);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(card_updates(&fake, &card_ts).len(), 3, "{:?}", fake.calls());
+
+    // It is updated in its turn, to the end, once.
+    let mut updates = Vec::new();
+    for _ in 0..400 {
+        updates = card_updates(&fake, &card_ts);
+        if updates.len() > 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        spent.elapsed() > std::time::Duration::from_secs(10),
+        "the update did not wait for the budget: {updates:#?}"
+    );
+    assert_eq!(updates.len(), 4, "{updates:#?}");
+    assert!(updates[3].contains("SUCCESS"), "{}", updates[3]);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(card_updates(&fake, &card_ts).len(), 4);
+    let (_, thread) = common::card_thread(&fake.calls(), "C123");
+    assert_eq!(thread.matches("your run ended").count(), 1, "{thread}");
 }
 
 #[tokio::test]

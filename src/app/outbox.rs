@@ -76,7 +76,8 @@ impl App {
         let wants = self.consumer(consumer).wants;
         let record = self.run_record(run)?;
         let current = record.decode()?;
-        let events = match self.inner.store.delivered(consumer, run)? {
+        let cursor = self.inner.store.delivered(consumer, run)?;
+        let events = match cursor {
             Some(after) => self
                 .inner
                 .store
@@ -90,8 +91,19 @@ impl App {
         Ok(Pending {
             run: current,
             events,
+            cursor,
             record,
         })
+    }
+
+    /// Makes the run due for `consumer` again at `at`, in this process: for a consumer that
+    /// kept it due ([`Delivery::keep_due`]) for something it may only do then.
+    pub fn outbox_wake_at(&self, consumer: &str, run: &RunId, at: tokio::time::Instant) {
+        let (app, consumer, run) = (self.clone(), self.consumer(consumer).name, run.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            app.consumer(consumer).notify(&run);
+        });
     }
 
     /// What `consumer` recorded at its last delivery of the run (its chat message ids, say).
@@ -148,7 +160,7 @@ impl App {
             .iter()
             .chain(&staged)
             .any(|e| wants(current, &e.kind));
-        change.set_delivered(consumer, run, delivery.seq, !more);
+        change.set_delivered(consumer, run, delivery.seq, !more && !delivery.keep_due);
         self.inner.store.commit(change).await?;
         drop(guard);
         if !staged.is_empty() {
@@ -163,6 +175,9 @@ pub struct Pending {
     /// The run as it is now.
     pub run: Run,
     pub events: Vec<RunEvent>,
+    /// The last event delivered before these, when the run is due (it may be due with no
+    /// events pending, see [`Delivery::keep_due`]).
+    pub cursor: Option<u64>,
     /// What `run` was read from.
     record: RunRecord,
 }
@@ -175,6 +190,9 @@ pub struct Delivery<'a> {
     pub note: Option<DeliveryNote>,
     /// Replaces the consumer's reference for the run.
     pub reference: Option<Value>,
+    /// The run stays due even when no events are left, for work still to do about them (a
+    /// chat card to update once the platform allows it): durable, unlike a wake-up.
+    pub keep_due: bool,
     /// What the consumer read for this delivery: recording it need not decode the run again
     /// when the run has not changed since.
     pub read: Option<&'a Pending>,

@@ -124,6 +124,7 @@ impl Deliver for Dispatcher {
             seq: last,
             note,
             reference: None,
+            keep_due: false,
             read: Some(&pending),
         };
         self.app.outbox_delivered(CONSUMER, id, delivery).await

@@ -14,6 +14,7 @@
 use std::future::Future;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::view::group_for_thread;
 use crate::app::worker::Deliver;
@@ -51,12 +52,12 @@ pub trait Surface: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Value>, AppError>> + Send;
 
     /// Shows the run's current state on its card, unless the card shows it already (see
-    /// [`updated_card`]); returns what to keep about the card instead, when it was updated.
+    /// [`updated_card`]) or the platform allows no update yet.
     fn update_card(
         &self,
         card: &Value,
         run: &Run,
-    ) -> impl Future<Output = Result<Option<Value>, AppError>> + Send;
+    ) -> impl Future<Output = Result<CardUpdate, AppError>> + Send;
 
     /// Posts the approval request; returns where it went.
     fn post_request(&self, run: &Run) -> impl Future<Output = Result<Value, AppError>> + Send;
@@ -67,6 +68,18 @@ pub trait Surface: Clone + Send + Sync + 'static {
         request: &Value,
         run: &Run,
     ) -> impl Future<Output = Result<(), AppError>> + Send;
+}
+
+/// What came of bringing a run card up to date.
+#[derive(Debug)]
+pub enum CardUpdate {
+    /// The card shows the run as it is.
+    Shown,
+    /// The card was updated: what to keep about it now.
+    Updated(Value),
+    /// The card needs an update that the platform allows only from then (Slack limits
+    /// `chat.update` apart from posts); the turn is held for this run until then.
+    NotBefore(Instant),
 }
 
 /// The outbox registration of a platform's thread delivery: runs requested in one of its
@@ -99,33 +112,65 @@ impl<S: Surface> Deliver for Threads<S> {
         let app = surface.app();
         let pending = app.outbox_pending(S::THREADS, id)?;
         let (run, events) = (&pending.run, &pending.events);
-        let Some(requested_in) = run.channel.as_deref().filter(|_| !events.is_empty()) else {
+        let (Some(requested_in), Some(cursor)) = (run.channel.as_deref(), pending.cursor) else {
             return Ok(());
         };
-        let confirm = |seq, reference| record(app, S::THREADS, &pending, seq, reference);
         let mut rest = events.as_slice();
+        let mut later = None;
         let (mut card, mut updated) = match app.outbox_reference(S::THREADS, id)? {
-            // The card is brought to this reading of the run before the replies go: once they
-            // are recorded, nothing is pending that would bring a failed update back. What it
-            // now shows is recorded with the first reply.
-            Some(card) => {
-                let updated = surface.update_card(&card, run).await?;
-                (updated.clone().unwrap_or(card), updated)
-            }
+            // The card is brought to this reading of the run before the replies go, so it
+            // never shows less than its thread; what it now shows is recorded with the first
+            // reply. When the platform allows no update yet, the replies go first, recorded
+            // with the run kept due, and the update follows in its turn (a later delivery,
+            // maybe with no events pending, finds the card still behind and updates it).
+            Some(card) => match surface.update_card(&card, run).await? {
+                CardUpdate::Shown => (card, None),
+                CardUpdate::Updated(shown) => (shown.clone(), Some(shown)),
+                CardUpdate::NotBefore(at) => {
+                    later = Some(at);
+                    (card, None)
+                }
+            },
             None => {
                 // The card stands for the run's creation (its first event) and shows this reading.
+                let Some((first, others)) = rest.split_first() else {
+                    return Ok(());
+                };
                 let card = surface.place_card(run, requested_in).await?;
-                let (first, others) = rest.split_first().expect("there are events");
-                confirm(first.seq, Some(card.clone())).await?;
+                record(
+                    app,
+                    S::THREADS,
+                    &pending,
+                    first.seq,
+                    Some(card.clone()),
+                    false,
+                )
+                .await?;
                 rest = others;
                 (card, None)
             }
         };
+        let mut unrecorded = rest.len() == events.len();
         for group in group_for_thread(rest, S::LOG_CHARS) {
             let changed = surface.reply(&card, run, group).await?.or(updated.take());
             let seq = group.last().expect("groups are not empty").seq;
-            confirm(seq, changed.clone()).await?;
+            record(
+                app,
+                S::THREADS,
+                &pending,
+                seq,
+                changed.clone(),
+                later.is_some(),
+            )
+            .await?;
             card = changed.unwrap_or(card);
+            unrecorded = false;
+        }
+        match later {
+            Some(at) => app.outbox_wake_at(S::THREADS, id, at),
+            // Nothing was pending but the card's update (or nothing at all): the run is done with.
+            None if unrecorded => record(app, S::THREADS, &pending, cursor, updated, false).await?,
+            None => {}
         }
         Ok(())
     }
@@ -167,11 +212,11 @@ impl<S: Surface> Deliver for Approvals<S> {
         match app.outbox_reference(S::APPROVALS, id)? {
             None => {
                 let request = surface.post_request(&pending.run).await?;
-                record(app, S::APPROVALS, &pending, last, Some(request)).await
+                record(app, S::APPROVALS, &pending, last, Some(request), false).await
             }
             Some(request) => {
                 surface.update_request(&request, &pending.run).await?;
-                record(app, S::APPROVALS, &pending, last, None).await
+                record(app, S::APPROVALS, &pending, last, None, false).await
             }
         }
     }
@@ -185,11 +230,13 @@ async fn record(
     pending: &Pending,
     seq: u64,
     reference: Option<Value>,
+    keep_due: bool,
 ) -> Result<(), AppError> {
     let delivery = Delivery {
         seq,
         note: None,
         reference,
+        keep_due,
         read: Some(pending),
     };
     app.outbox_delivered(consumer, &pending.run.id, delivery)

@@ -13,5 +13,5 @@ pub mod pace;
 pub mod view;
 
 pub use answer::{answer, Asker, ChatAnswer};
-pub use delivery::{Approvals, Surface, Threads};
+pub use delivery::{Approvals, CardUpdate, Surface, Threads};
 pub use form::{FormState, Submitted};

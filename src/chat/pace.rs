@@ -154,6 +154,20 @@ impl Pace {
         self.turn(key, Priority::Urgent).await
     }
 
+    /// Takes the key's next free slot as [`Pace::wait`] does, without waiting for it: when the
+    /// request may go. A caller that does not go then leaves the slot unused.
+    pub fn reserve(&self, key: &str) -> Instant {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let wanted = state.wanted(key, now);
+        let at = match &mut state.shared {
+            Some(budget) => budget.take(wanted, budget.tolerance),
+            None => wanted,
+        };
+        state.took(key, at + self.interval, now);
+        at
+    }
+
     /// [`Pace::wait`] for a request of `priority`, and the key's next slot is also at least one
     /// interval after the request was answered: keep the slot until then.
     pub async fn slot(&self, key: &str, priority: Priority) -> Slot<'_> {
@@ -165,24 +179,19 @@ impl Pace {
     }
 
     async fn turn(&self, key: &str, priority: Priority) {
+        if priority == Priority::Urgent {
+            return tokio::time::sleep_until(self.reserve(key)).await;
+        }
         // Set while this request is the bulk head; passes the turn on if it is dropped.
         let mut head: Option<BulkHead<'_>> = None;
         loop {
             let step = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                let wanted = state
-                    .next
-                    .get(key)
-                    .copied()
-                    .filter(|t| *t > now)
-                    .unwrap_or(now);
-                let step = match (&mut state.shared, priority) {
-                    (None, _) => Step::Go(wanted),
-                    (Some(budget), Priority::Urgent) => {
-                        Step::Go(budget.take(wanted, budget.tolerance))
-                    }
-                    (Some(budget), Priority::Bulk) => {
+                let wanted = state.wanted(key, now);
+                let step = match &mut state.shared {
+                    None => Step::Go(wanted),
+                    Some(budget) => {
                         let in_line = budget.watched || !budget.waiting.is_empty();
                         if head.is_none() && in_line {
                             let (told, turn) = oneshot::channel();
@@ -202,8 +211,7 @@ impl Pace {
                     }
                 };
                 if let Step::Go(at) = step {
-                    state.next.insert(key.to_owned(), at + self.interval);
-                    state.prune(now);
+                    state.took(key, at + self.interval, now);
                 }
                 step
             };
@@ -270,6 +278,21 @@ impl Drop for Slot<'_> {
 }
 
 impl State {
+    /// When a request for `key` asking at `now` would want to go, before any shared budget.
+    fn wanted(&self, key: &str, now: Instant) -> Instant {
+        self.next
+            .get(key)
+            .copied()
+            .filter(|t| *t > now)
+            .unwrap_or(now)
+    }
+
+    /// A request for `key` took its slot: the key's next one is at `next`.
+    fn took(&mut self, key: &str, next: Instant, now: Instant) {
+        self.next.insert(key.to_owned(), next);
+        self.prune(now);
+    }
+
     /// Drops the keys whose slot has passed once `next` has doubled since the last time, so
     /// each request pays for its pruning in constant time on average.
     fn prune(&mut self, now: Instant) {
@@ -336,6 +359,21 @@ mod tests {
             pace.wait(channel).await;
         }
         assert_eq!(idle_end.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reserved_slot_is_taken_without_waiting_for_it() {
+        let pace = Pace::new(Duration::ZERO).with_shared_budget(3, Duration::from_secs(60));
+        let start = Instant::now();
+        let turns: Vec<Duration> = (0..5)
+            .map(|_| pace.reserve("chat.update") - start)
+            .collect();
+        assert_eq!(start.elapsed(), Duration::ZERO, "reserving does not wait");
+        let secs = Duration::from_secs;
+        assert_eq!(turns, [secs(0), secs(0), secs(0), secs(20), secs(40)]);
+        // A request that waits comes after every reserved slot.
+        pace.wait("chat.update").await;
+        assert_eq!(start.elapsed(), secs(60));
     }
 
     /// Ten per 10 s (a slot a second, two of the ten kept for urgent requests), with the

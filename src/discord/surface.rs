@@ -19,7 +19,7 @@ use crate::app::{App, AppError};
 use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::Messages;
 use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
-use crate::chat::Surface;
+use crate::chat::{CardUpdate, Surface};
 use crate::core::ids::{self, Identity};
 use crate::core::run::{Run, RunEvent};
 
@@ -119,15 +119,17 @@ impl Surface for DiscordSurface {
         Ok(started)
     }
 
-    async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
+    /// Edits count against the bot's one request budget (`rest`), so an update never waits
+    /// apart from posts.
+    async fn update_card(&self, card: &Value, run: &Run) -> Result<CardUpdate, AppError> {
         let data = card_update_data(card_data_with_link(run), card);
         let message = self.render("run_card", data)?;
         let Some(updated) = updated_card(card, &message.to_string()) else {
-            return Ok(None);
+            return Ok(CardUpdate::Shown);
         };
         self.edit_message(text(&card["channel"]), text(&card["card"]), &message)
             .await?;
-        Ok(Some(updated))
+        Ok(CardUpdate::Updated(updated))
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {

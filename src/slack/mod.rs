@@ -35,7 +35,7 @@ use crate::core::ids::Identity;
 
 pub use messages::load as load_messages;
 pub use signature::{SignatureError, Verifier};
-pub use surface::SlackSurface;
+pub use surface::{SlackSurface, UpdateBudget};
 pub use web_api::{SlackApi, SlackApiError};
 
 /// The origin of runs requested in Slack.

@@ -8,8 +8,16 @@
 //! channel the same way; where it cannot, requests wait (retried) until it is invited, and the
 //! log says so. Posts keep each channel's
 //! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks.
+//!
+//! `chat.update` has a limit of its own (Tier 3: about 50 a minute for the workspace), kept
+//! by [`UpdateBudget`]. An approval request waits for its update's turn; a run card whose turn
+//! is further off lets its thread go on and is updated in its turn, to the run as it is then.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -21,8 +29,8 @@ use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
 use crate::chat::pace::Priority::{self, Bulk, Urgent};
 use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
-use crate::chat::Surface;
-use crate::core::ids::Identity;
+use crate::chat::{CardUpdate, Surface};
+use crate::core::ids::{Identity, RunId};
 use crate::core::run::{Run, RunEvent};
 
 /// What posting to Slack from the outbox needs: the app, the Web API and the templates.
@@ -32,6 +40,7 @@ pub struct SlackSurface {
     pub api: SlackApi,
     pub messages: Arc<Messages>,
     pub pace: Pace,
+    pub updates: UpdateBudget,
     /// Where approval requests go.
     pub approval_channel: String,
 }
@@ -111,15 +120,19 @@ impl Surface for SlackSurface {
         .map(|_| None)
     }
 
-    async fn update_card(&self, card: &Value, run: &Run) -> Result<Option<Value>, AppError> {
+    async fn update_card(&self, card: &Value, run: &Run) -> Result<CardUpdate, AppError> {
         let data = card_update_data(card_data(run, mention), card);
         let message = self.render("run_card", data)?;
         let Some(updated) = updated_card(card, message.as_str()) else {
-            return Ok(None);
+            return Ok(CardUpdate::Shown);
         };
+        match self.updates.card_turn(&run.id) {
+            Turn::Soon(at) => tokio::time::sleep_until(at).await,
+            Turn::Later(at) => return Ok(CardUpdate::NotBefore(at)),
+        }
         self.update(message, &card["channel"], &card["card_ts"])
             .await?;
-        Ok(Some(updated))
+        Ok(CardUpdate::Updated(updated))
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
@@ -139,8 +152,55 @@ impl Surface for SlackSurface {
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
+        self.updates.pace.wait(UPDATES).await;
         self.update(message, &request["channel"], &request["ts"])
             .await
+    }
+}
+
+/// The key of `chat.update` in its [`UpdateBudget`]'s pace.
+const UPDATES: &str = "chat.update";
+/// A card update whose turn is at most this far off waits for it, ahead of the thread's replies.
+const WAIT_FOR_UPDATE: Duration = Duration::from_secs(1);
+
+/// Slack's workspace-wide limit on `chat.update`, and the turns reserved for run cards that wait
+/// for it: a run's card keeps its turn until it is used, however often the run is delivered
+/// meanwhile, so cards are updated in the order they fell behind.
+#[derive(Clone)]
+pub struct UpdateBudget {
+    pace: Pace,
+    held: Arc<Mutex<HashMap<RunId, Instant>>>,
+}
+
+/// When a card's update may go.
+enum Turn {
+    /// At this time, close enough to wait for; the turn is taken.
+    Soon(Instant),
+    /// Not before this time; the turn is held for the card.
+    Later(Instant),
+}
+
+impl UpdateBudget {
+    /// At most `per_minute` updates a minute, in bursts of up to as many; 0: no limit.
+    pub fn new(per_minute: u32) -> UpdateBudget {
+        UpdateBudget {
+            pace: Pace::new(Duration::ZERO).with_shared_budget(per_minute, Duration::from_secs(60)),
+            held: Arc::default(),
+        }
+    }
+
+    /// The turn of the card of `run`: the one it holds, or the budget's next.
+    fn card_turn(&self, run: &RunId) -> Turn {
+        let mut held = self.held.lock().expect("update budget lock poisoned");
+        let at = match held.remove(run) {
+            Some(at) => at,
+            None => self.pace.reserve(UPDATES),
+        };
+        if at <= Instant::now() + WAIT_FOR_UPDATE {
+            return Turn::Soon(at);
+        }
+        held.insert(run.clone(), at);
+        Turn::Later(at)
     }
 }
 

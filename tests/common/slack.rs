@@ -139,3 +139,50 @@ fn view_submission(user: &str, callback_id: &str, metadata: &str, values: Value)
     });
     serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
 }
+
+/// The `chat.update` calls of the card at `card_ts`, blocks as JSON text, in order.
+pub fn card_updates(fake: &FakeSlack, card_ts: &str) -> Vec<String> {
+    fake.calls()
+        .iter()
+        .filter(|c| c.method == "chat.update" && c.body["ts"] == card_ts)
+        .map(|c| c.body["blocks"].to_string())
+        .collect()
+}
+
+/// For a run in progress whose card is at `card_ts`: sets `labels` as its status label one at
+/// a time, each waited for on the card (so each is an update of its own), then ends the run with
+/// SUCCESS and waits for the thread's last reply. Panics if a labelled card is not shown.
+pub async fn label_then_end(
+    app: &TestApp,
+    fake: &FakeSlack,
+    run: &str,
+    card_ts: &str,
+    labels: &[&str],
+) {
+    for label in labels {
+        let (status, body) = app.patch_run(run, json!({"statusLabel": label})).await;
+        assert_eq!(status, 200, "{body}");
+        fake.calls_when(|_| {
+            card_updates(fake, card_ts)
+                .iter()
+                .any(|c| c.contains(label))
+        })
+        .await;
+        assert!(
+            card_updates(fake, card_ts)
+                .iter()
+                .any(|c| c.contains(label)),
+            "the card never showed `{label}`: {:?}",
+            fake.calls()
+        );
+    }
+    let (status, body) = app.patch_run(run, json!({"status": "SUCCESS"})).await;
+    assert_eq!(status, 200, "{body}");
+    fake.calls_when(|calls| super::mentions(calls, "your run ended"))
+        .await;
+    assert!(
+        super::mentions(&fake.calls(), "your run ended"),
+        "{:?}",
+        fake.calls()
+    );
+}
