@@ -705,6 +705,49 @@ async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on
 }
 
 #[tokio::test]
+async fn an_approval_request_is_updated_at_once_when_cards_wait_for_their_turn() {
+    let receiver = Receiver::start().await;
+    let hook = common::action(
+        "hook",
+        "DAY-2",
+        json!({"type": "WEBHOOK", "url": receiver.url()}),
+        false,
+    );
+    let fake = FakeSlack::start().await;
+    // One update a minute, spent on the first run's card.
+    let app = TestApp::spawn_with(&[hook], |settings| {
+        common::slack::enable(settings, &fake);
+        settings.slack.updates_per_minute = 1;
+    })
+    .await;
+    let (hooked, card_ts) = hook_run_with_card(&app, &fake).await;
+    label_then_end(&app, &fake, &hooked, &card_ts, &["one"]).await;
+
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
+        .await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    assert_ne!(run, hooked);
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    let updated = |calls: &[common::SlackCall]| {
+        calls.iter().any(|c| {
+            c.method == "chat.update"
+                && c.body["channel"] == "CAPPROVE"
+                && c.body["blocks"].to_string().contains("Approved by <@UOPS>")
+        })
+    };
+    let calls = fake.calls_when(updated).await;
+    assert!(updated(&calls), "{calls:?}");
+    assert_eq!(
+        card_updates(&fake, &card_ts).len(),
+        1,
+        "the first card still waits"
+    );
+}
+
+#[tokio::test]
 async fn runs_requested_through_the_api_get_an_approval_request_but_no_thread() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;

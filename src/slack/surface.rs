@@ -10,8 +10,9 @@
 //! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks.
 //!
 //! `chat.update` has a limit of its own (Tier 3: about 50 a minute for the workspace), kept
-//! by [`UpdateBudget`]. An approval request waits for its update's turn; a run card whose turn
-//! is further off lets its thread go on and is updated in its turn, to the run as it is then.
+//! by [`UpdateBudget`]. An approval request's update goes at once and counts against it; a run
+//! card whose turn is further off lets its thread go on and is updated in its turn, to the run
+//! as it is then.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -152,7 +153,7 @@ impl Surface for SlackSurface {
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
-        self.updates.pace.wait(UPDATES).await;
+        self.updates.count_urgent();
         self.update(message, &request["channel"], &request["ts"])
             .await
     }
@@ -187,6 +188,13 @@ impl UpdateBudget {
             pace: Pace::new(Duration::ZERO).with_shared_budget(per_minute, Duration::from_secs(60)),
             held: Arc::default(),
         }
+    }
+
+    /// Counts an update that goes at once: an approval request's, whose approvers watch it, goes
+    /// ahead of cards waiting for their turn (which then come one turn later). Slack's 429, should
+    /// this overdraw the budget, is waited out.
+    fn count_urgent(&self) {
+        self.pace.reserve(UPDATES);
     }
 
     /// The turn of the card of `run`: the one it holds, or the budget's next.
