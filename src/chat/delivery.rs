@@ -3,7 +3,8 @@
 //! - [`Threads`]: for a run requested on the platform, the run card where it was requested,
 //!   then every later event as a reply in the card's thread (log lines that come together share
 //!   one message), the card first updated to the run's current status (a card this delivery
-//!   places shows it already);
+//!   places shows it already), or after them in its turn where the platform limits updates
+//!   apart from posts (see [`CardUpdate::NotBefore`]);
 //! - [`Approvals`]: for every run that waits for approval, whatever its origin, a request with
 //!   `Approve` / `Decline` buttons in the platform's approval channel, updated after each decision.
 //!
