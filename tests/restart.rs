@@ -282,13 +282,11 @@ fn teams_file(dir: &Path, key: &str, developer: &str, approver: &str) -> std::pa
     config
 }
 
-#[tokio::test]
-async fn slack_steps_survive_a_kill() {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let fake = FakeSlack::start().await;
-    let dir = common::deployment(&[]);
-    let config = teams_file(dir.path(), "slack_users", "UDEV", "UOPS");
-    let env = vec![
+/// The environment of a server with Slack on against `fake`: approvals in CAPPROVE, UDEV a
+/// developer and UOPS in devops.
+fn slack_env(dir: &Path, fake: &FakeSlack) -> Vec<(&'static str, String)> {
+    let config = teams_file(dir, "slack_users", "UDEV", "UOPS");
+    vec![
         ("PORTBOT_CONFIG", config.display().to_string()),
         ("PORTBOT__SLACK__ENABLED", "true".to_owned()),
         ("PORTBOT__SLACK__SIGNING_SECRET", SECRET.to_owned()),
@@ -296,7 +294,15 @@ async fn slack_steps_survive_a_kill() {
         ("PORTBOT__SLACK__API_URL", fake.api_url()),
         ("PORTBOT__SLACK__APPROVAL_CHANNEL", "CAPPROVE".to_owned()),
         ("PORTBOT__SLACK__MESSAGE_INTERVAL_MS", "100".to_owned()),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn slack_steps_survive_a_kill() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeSlack::start().await;
+    let dir = common::deployment(&[]);
+    let env = slack_env(dir.path(), &fake);
     let addr = free_addr();
     // The first process has a token of its own, so that the outage below holds for every
     // call it made, even one the fake reads after the kill.
@@ -419,21 +425,14 @@ async fn a_card_update_held_back_by_slacks_limit_is_made_after_a_kill() {
     );
     let fake = FakeSlack::start().await;
     let dir = common::deployment(&[hook]);
-    let config = teams_file(dir.path(), "slack_users", "UDEV", "UOPS");
-    let env = vec![
-        ("PORTBOT_CONFIG", config.display().to_string()),
-        ("PORTBOT__SLACK__ENABLED", "true".to_owned()),
-        ("PORTBOT__SLACK__SIGNING_SECRET", SECRET.to_owned()),
-        ("PORTBOT__SLACK__BOT_TOKEN", "xoxb-restart".to_owned()),
-        ("PORTBOT__SLACK__API_URL", fake.api_url()),
-        ("PORTBOT__SLACK__MESSAGE_INTERVAL_MS", "100".to_owned()),
-        ("PORTBOT__SLACK__UPDATES_PER_MINUTE", "1".to_owned()),
-    ];
     // The first process may update three times, then once every 20 s: the fourth update
     // waits past the kill. The second has a fresh budget (of one).
-    let mut first_env = env.clone();
-    first_env.retain(|(key, _)| *key != "PORTBOT__SLACK__UPDATES_PER_MINUTE");
-    first_env.push(("PORTBOT__SLACK__UPDATES_PER_MINUTE", "3".to_owned()));
+    let with_updates = |per_minute: &str| {
+        let mut env = slack_env(dir.path(), &fake);
+        env.push(("PORTBOT__SLACK__UPDATES_PER_MINUTE", per_minute.to_owned()));
+        env
+    };
+    let (first_env, env) = (with_updates("3"), with_updates("1"));
     let addr = free_addr();
     let server = start_with(dir.path(), addr, "a.log", &first_env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;

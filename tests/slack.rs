@@ -641,8 +641,23 @@ async fn messages_past_the_workspace_budget_wait_their_turn_in_the_outbox() {
     );
 }
 
-/// A WEBHOOK action `hook` on components (to `receiver`, which leaves its runs in progress),
-/// requested in C123 by UDEV: the run and where its card is.
+/// Slack against `fake` with `updates_per_minute`, and a WEBHOOK action `hook` on components
+/// (to `receiver`, which leaves its runs in progress).
+async fn hook_app(receiver: &Receiver, fake: &FakeSlack, updates_per_minute: u32) -> TestApp {
+    let hook = common::action(
+        "hook",
+        "DAY-2",
+        json!({"type": "WEBHOOK", "url": receiver.url()}),
+        false,
+    );
+    TestApp::spawn_with(&[hook], |settings| {
+        common::slack::enable(settings, fake);
+        settings.slack.updates_per_minute = updates_per_minute;
+    })
+    .await
+}
+
+/// A run of `hook` (see [`hook_app`]) requested in C123 by UDEV: the run and where its card is.
 async fn hook_run_with_card(app: &TestApp, fake: &FakeSlack) -> (String, String) {
     command(app, "UDEV", "hook mailer").await;
     let calls = fake
@@ -660,19 +675,9 @@ async fn hook_run_with_card(app: &TestApp, fake: &FakeSlack) -> (String, String)
 #[tokio::test]
 async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on() {
     let receiver = Receiver::start().await;
-    let hook = common::action(
-        "hook",
-        "DAY-2",
-        json!({"type": "WEBHOOK", "url": receiver.url()}),
-        false,
-    );
     let fake = FakeSlack::start().await;
     // Three updates a minute: a burst of three, then one every 20 s.
-    let app = TestApp::spawn_with(&[hook], |settings| {
-        common::slack::enable(settings, &fake);
-        settings.slack.updates_per_minute = 3;
-    })
-    .await;
+    let app = hook_app(&receiver, &fake, 3).await;
     let (run, card_ts) = hook_run_with_card(&app, &fake).await;
     label_then_end(&app, &fake, &run, &card_ts, &["one", "two", "three"]).await;
     let spent = std::time::Instant::now();
@@ -707,19 +712,9 @@ async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on
 #[tokio::test]
 async fn an_approval_request_is_updated_at_once_when_cards_wait_for_their_turn() {
     let receiver = Receiver::start().await;
-    let hook = common::action(
-        "hook",
-        "DAY-2",
-        json!({"type": "WEBHOOK", "url": receiver.url()}),
-        false,
-    );
     let fake = FakeSlack::start().await;
     // One update a minute, spent on the first run's card.
-    let app = TestApp::spawn_with(&[hook], |settings| {
-        common::slack::enable(settings, &fake);
-        settings.slack.updates_per_minute = 1;
-    })
-    .await;
+    let app = hook_app(&receiver, &fake, 1).await;
     let (hooked, card_ts) = hook_run_with_card(&app, &fake).await;
     label_then_end(&app, &fake, &hooked, &card_ts, &["one"]).await;
 
