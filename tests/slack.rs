@@ -710,13 +710,14 @@ async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on
 }
 
 #[tokio::test]
-async fn an_approval_request_is_updated_at_once_when_cards_wait_for_their_turn() {
+async fn an_approval_request_is_updated_ahead_of_the_cards_waiting_for_their_turn() {
     let receiver = Receiver::start().await;
     let fake = FakeSlack::start().await;
-    // One update a minute, spent on the first run's card.
-    let app = hook_app(&receiver, &fake, 1).await;
+    // Three updates a minute, spent on the first run's card; its end waits for the next, at 20 s.
+    let app = hook_app(&receiver, &fake, 3).await;
     let (hooked, card_ts) = hook_run_with_card(&app, &fake).await;
-    label_then_end(&app, &fake, &hooked, &card_ts, &["one"]).await;
+    label_then_end(&app, &fake, &hooked, &card_ts, &["one", "two", "three"]).await;
+    let spent = std::time::Instant::now();
 
     command(&app, "UDEV", "add-documentdb mailer instances=2").await;
     fake.calls_when(|calls| calls.iter().any(|c| c.body["channel"] == "CAPPROVE"))
@@ -726,20 +727,51 @@ async fn an_approval_request_is_updated_at_once_when_cards_wait_for_their_turn()
     assert_ne!(run, hooked);
     let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
     assert_eq!(status, 200, "{body}");
-    let updated = |calls: &[common::SlackCall]| {
-        calls.iter().any(|c| {
-            c.method == "chat.update"
-                && c.body["channel"] == "CAPPROVE"
-                && c.body["blocks"].to_string().contains("Approved by <@UOPS>")
-        })
+
+    // The request takes the budget's next slot, the card's turn comes one slot later.
+    let updates = || {
+        fake.calls()
+            .into_iter()
+            .filter(|c| c.method == "chat.update")
+            .map(|c| c.body["channel"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
     };
-    let calls = fake.calls_when(updated).await;
-    assert!(updated(&calls), "{calls:?}");
-    assert_eq!(
-        card_updates(&fake, &card_ts).len(),
-        1,
-        "the first card still waits"
+    let mut seen = Vec::new();
+    let mut request_at = None;
+    for _ in 0..600 {
+        seen = updates();
+        if request_at.is_none() && seen.iter().any(|c| c == "CAPPROVE") {
+            request_at = Some(spent.elapsed());
+        }
+        if seen.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, ["C123", "C123", "C123", "CAPPROVE", "C123"]);
+    let request_at = request_at.unwrap();
+    let card_at = spent.elapsed();
+    assert!(
+        request_at > std::time::Duration::from_secs(10),
+        "the request overdrew the budget: {request_at:?}"
     );
+    assert!(
+        card_at > request_at + std::time::Duration::from_secs(10),
+        "the card did not wait a turn more: {request_at:?}, {card_at:?}"
+    );
+    let approved = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "chat.update" && c.body["channel"] == "CAPPROVE")
+        .unwrap();
+    assert!(
+        approved.body["blocks"]
+            .to_string()
+            .contains("Approved by <@UOPS>"),
+        "{:?}",
+        approved.body
+    );
+    assert!(card_updates(&fake, &card_ts)[3].contains("SUCCESS"));
 }
 
 #[tokio::test]

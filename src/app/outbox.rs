@@ -4,12 +4,16 @@
 //!
 //! A consumer is marked *due* for a run in the same store change that adds a wanted event. It
 //! reads the run's events after its cursor, delivers them, and then advances its cursor; the
-//! mark is removed once the cursor reaches the run's newest event. An event is delivered again
-//! only if the process stopped between delivery and the cursor update.
+//! mark is removed once the cursor reaches the run's newest event, unless the consumer keeps the
+//! run due for something it may do only later (a chat platform's card update that waits for its
+//! turn: [`Delivery::keep_due`]). An event is delivered again only if the process stopped
+//! between delivery and the cursor update.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{App, AppError};
 use crate::core::ids::RunId;
@@ -26,6 +30,9 @@ pub struct Consumer {
     due: mpsc::UnboundedSender<RunId>,
     /// Taken once, by the consumer's worker.
     receiver: Mutex<Option<mpsc::UnboundedReceiver<RunId>>>,
+    /// The runs to be looked at again at a time ([`App::outbox_wake_at`]): the earliest time
+    /// asked for each, so a run delivered often while it waits has one wake-up, not one a delivery.
+    wakes: Mutex<HashMap<RunId, Instant>>,
 }
 
 impl Consumer {
@@ -36,6 +43,7 @@ impl Consumer {
             wants,
             due,
             receiver: Mutex::new(Some(receiver)),
+            wakes: Mutex::default(),
         }
     }
 
@@ -96,13 +104,30 @@ impl App {
         })
     }
 
-    /// Makes the run due for `consumer` again at `at`, in this process: for a consumer that
-    /// kept it due ([`Delivery::keep_due`]) for something it may only do then.
-    pub fn outbox_wake_at(&self, consumer: &str, run: &RunId, at: tokio::time::Instant) {
-        let (app, consumer, run) = (self.clone(), self.consumer(consumer).name, run.clone());
+    /// Has `consumer`'s worker look at the run again at `at` (or sooner, if a wake-up is set
+    /// for earlier), in this process: for a consumer that kept the run due
+    /// ([`Delivery::keep_due`]) for something it may only do then. The store still holds the
+    /// due mark, so after a restart the worker's first reading finds the run.
+    pub fn outbox_wake_at(&self, consumer: &str, run: &RunId, at: Instant) {
+        let wanted = self.consumer(consumer);
+        {
+            let mut wakes = wanted.wakes.lock().expect("consumer lock poisoned");
+            if wakes.get(run).is_some_and(|set| *set <= at) {
+                return;
+            }
+            wakes.insert(run.clone(), at);
+        }
+        let (app, consumer, run) = (self.clone(), wanted.name, run.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            app.consumer(consumer).notify(&run);
+            let woken = app.consumer(consumer);
+            {
+                let mut wakes = woken.wakes.lock().expect("consumer lock poisoned");
+                if wakes.get(&run) == Some(&at) {
+                    wakes.remove(&run);
+                }
+            }
+            woken.notify(&run);
         });
     }
 

@@ -1,5 +1,6 @@
 //! The loop every outbox consumer runs: it learns which runs are due (told at once after each
-//! commit, and from the store at start and every 30 s), and delivers each due run's events with
+//! commit, at the time a consumer asked to look at a run again, and from the store at start and
+//! every 30 s), and delivers each due run's events with
 //! one task per run at a time, so events stay in order per run, and at most `max_concurrent`
 //! runs at once; the rest wait their turn. A failed delivery is tried again after a backoff
 //! (0.5 s, doubling, at most 30 s); the run stays due in the store meanwhile.

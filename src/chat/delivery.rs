@@ -153,7 +153,11 @@ impl<S: Surface> Deliver for Threads<S> {
         };
         let mut unrecorded = rest.len() == events.len();
         for group in group_for_thread(rest, S::LOG_CHARS) {
-            let changed = surface.reply(&card, run, group).await?.or(updated.take());
+            let started = surface.reply(&card, run, group).await?;
+            // Taken either way: a reference from the reply (a thread it started) is built on
+            // `card`, which holds the update already.
+            let shown = updated.take();
+            let changed = started.or(shown);
             let seq = group.last().expect("groups are not empty").seq;
             record(
                 app,

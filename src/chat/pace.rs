@@ -71,12 +71,17 @@ struct Budget {
 }
 
 impl Budget {
-    /// Takes a slot at `at`, or as soon after as `tolerance` allows.
-    fn take(&mut self, at: Instant, tolerance: Duration) -> Instant {
-        let at = match self.full_at > at + tolerance {
+    /// The first slot at `at` or after that `tolerance` allows.
+    fn earliest(&self, at: Instant, tolerance: Duration) -> Instant {
+        match self.full_at > at + tolerance {
             true => self.full_at - tolerance,
             false => at,
-        };
+        }
+    }
+
+    /// Takes a slot at `at`, or as soon after as `tolerance` allows.
+    fn take(&mut self, at: Instant, tolerance: Duration) -> Instant {
+        let at = self.earliest(at, tolerance);
         self.full_at = self.full_at.max(at) + self.spacing;
         at
     }
@@ -166,6 +171,16 @@ impl Pace {
         };
         state.took(key, at + self.interval, now);
         at
+    }
+
+    /// When [`Pace::reserve`] would give the key its slot now, without taking it.
+    pub fn next_free(&self, key: &str) -> Instant {
+        let state = self.lock();
+        let wanted = state.wanted(key, Instant::now());
+        match &state.shared {
+            Some(budget) => budget.earliest(wanted, budget.tolerance),
+            None => wanted,
+        }
     }
 
     /// [`Pace::wait`] for a request of `priority`, and the key's next slot is also at least one

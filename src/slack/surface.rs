@@ -10,12 +10,12 @@
 //! pace (`pace.rs`); while Slack rate-limits, the delivery waits as Slack asks.
 //!
 //! `chat.update` has a limit of its own (Tier 3: about 50 a minute for the workspace), kept
-//! by [`UpdateBudget`]. An approval request's update goes at once and counts against it; a run
-//! card whose turn is further off lets its thread go on and is updated in its turn, to the run
-//! as it is then.
+//! by [`UpdateBudget`]. An approval request's update takes the budget's next slot (at once,
+//! unless other approval requests spent it); a run card whose turn is further off than a second
+//! lets its thread go on, waits in line, and is updated in its turn, to the run as it is then.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -125,6 +125,7 @@ impl Surface for SlackSurface {
         let data = card_update_data(card_data(run, mention), card);
         let message = self.render("run_card", data)?;
         let Some(updated) = updated_card(card, message.as_str()) else {
+            self.updates.leave_line(&run.id);
             return Ok(CardUpdate::Shown);
         };
         match self.updates.card_turn(&run.id) {
@@ -153,7 +154,7 @@ impl Surface for SlackSurface {
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
-        self.updates.count_urgent();
+        tokio::time::sleep_until(self.updates.request_turn()).await;
         self.update(message, &request["channel"], &request["ts"])
             .await
     }
@@ -164,51 +165,95 @@ const UPDATES: &str = "chat.update";
 /// A card update whose turn is at most this far off waits for it, ahead of the thread's replies.
 const WAIT_FOR_UPDATE: Duration = Duration::from_secs(1);
 
-/// Slack's workspace-wide limit on `chat.update`, and the turns reserved for run cards that wait
-/// for it: a run's card keeps its turn until it is used, however often the run is delivered
-/// meanwhile, so cards are updated in the order they fell behind.
+/// A card first in line that has not come for its turn this long after it gives its place up
+/// (its run was delivered late, or is no longer delivered here), so the line never stalls.
+const MISSED_TURN: Duration = Duration::from_secs(10);
+
+/// Slack's workspace-wide limit on `chat.update`, and the run cards in line for it.
+///
+/// Nothing is reserved ahead: a card takes a slot only when it is first in line and the slot is
+/// at most [`WAIT_FOR_UPDATE`] off, and an approval request takes the next slot when it comes.
+/// So cards are updated in the order they fell behind, an approval request puts each card in
+/// line one turn back, and the budget is never overdrawn (slots reserved for waiting cards would
+/// leave an approval request the choice of going behind all of them or past the budget).
 #[derive(Clone)]
 pub struct UpdateBudget {
     pace: Pace,
-    held: Arc<Mutex<HashMap<RunId, Instant>>>,
+    /// The budget's time between two slots once its burst is spent.
+    spacing: Duration,
+    line: Arc<Mutex<VecDeque<InLine>>>,
+}
+
+/// A run whose card waits for its turn, and when it was last told that turn would be.
+struct InLine {
+    run: RunId,
+    turn: Instant,
 }
 
 /// When a card's update may go.
 enum Turn {
-    /// At this time, close enough to wait for; the turn is taken.
+    /// At this time, close enough to wait for; the slot is taken.
     Soon(Instant),
-    /// Not before this time; the turn is held for the card.
+    /// Not before this time; the card keeps its place in line.
     Later(Instant),
 }
 
 impl UpdateBudget {
     /// At most `per_minute` updates a minute, in bursts of up to as many; 0: no limit.
     pub fn new(per_minute: u32) -> UpdateBudget {
+        let minute = Duration::from_secs(60);
         UpdateBudget {
-            pace: Pace::new(Duration::ZERO).with_shared_budget(per_minute, Duration::from_secs(60)),
-            held: Arc::default(),
+            pace: Pace::new(Duration::ZERO).with_shared_budget(per_minute, minute),
+            spacing: minute.checked_div(per_minute).unwrap_or_default(),
+            line: Arc::default(),
         }
     }
 
-    /// Counts an update that goes at once: an approval request's, whose approvers watch it, goes
-    /// ahead of cards waiting for their turn (which then come one turn later). Slack's 429, should
-    /// this overdraw the budget, is waited out.
-    fn count_urgent(&self) {
-        self.pace.reserve(UPDATES);
+    fn line(&self) -> MutexGuard<'_, VecDeque<InLine>> {
+        self.line.lock().expect("update budget lock poisoned")
     }
 
-    /// The turn of the card of `run`: the one it holds, or the budget's next.
+    /// Takes the budget's next slot for an approval request's update, whose approvers watch it:
+    /// when it may go. It goes ahead of the cards in line.
+    fn request_turn(&self) -> Instant {
+        self.pace.reserve(UPDATES)
+    }
+
+    /// The turn of the card of `run`: a slot taken when the card is first in line (or the line is
+    /// empty) and the budget allows one within [`WAIT_FOR_UPDATE`]; else its place in line, kept
+    /// however often the run is delivered meanwhile, and when its turn should come.
     fn card_turn(&self, run: &RunId) -> Turn {
-        let mut held = self.held.lock().expect("update budget lock poisoned");
-        let at = match held.remove(run) {
-            Some(at) => at,
-            None => self.pace.reserve(UPDATES),
-        };
-        if at <= Instant::now() + WAIT_FOR_UPDATE {
-            return Turn::Soon(at);
+        let mut line = self.line();
+        let now = Instant::now();
+        while line
+            .front()
+            .is_some_and(|first| first.turn + MISSED_TURN < now)
+        {
+            line.pop_front();
         }
-        held.insert(run.clone(), at);
-        Turn::Later(at)
+        let place = line.iter().position(|card| &card.run == run);
+        let ahead = place.unwrap_or(line.len());
+        let free = self.pace.next_free(UPDATES).max(now);
+        if ahead == 0 && free <= now + WAIT_FOR_UPDATE {
+            if place.is_some() {
+                line.pop_front();
+            }
+            return Turn::Soon(self.pace.reserve(UPDATES));
+        }
+        let turn = free + self.spacing * ahead as u32;
+        match place {
+            Some(place) => line[place].turn = turn,
+            None => line.push_back(InLine {
+                run: run.clone(),
+                turn,
+            }),
+        }
+        Turn::Later(turn)
+    }
+
+    /// The card of `run` needs no update (any more): it leaves the line, if it was in it.
+    fn leave_line(&self, run: &RunId) {
+        self.line().retain(|card| &card.run != run);
     }
 }
 
@@ -315,5 +360,100 @@ pub(super) fn mention(who: &Identity) -> String {
             format!("<@{user}>")
         }
         _ => slack_json_escape(who.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three a minute (a slot every 20 s once the burst is spent), the burst spent by three cards.
+    fn three_a_minute_spent() -> (UpdateBudget, Instant) {
+        let budget = UpdateBudget::new(3);
+        let start = Instant::now();
+        for n in 0..3 {
+            assert!(matches!(budget.card_turn(&run(n)), Turn::Soon(at) if at == start));
+        }
+        (budget, start)
+    }
+
+    fn run(n: u16) -> RunId {
+        RunId::new(1, n, 0)
+    }
+
+    /// A card's turn, from `start`: `Ok` when its slot is taken, `Err` when it waits in line.
+    fn turn_of(budget: &UpdateBudget, n: u16, start: Instant) -> Result<u64, u64> {
+        match budget.card_turn(&run(n)) {
+            Turn::Soon(at) => Ok((at - start).as_secs()),
+            Turn::Later(at) => Err((at - start).as_secs()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cards_wait_in_line_without_taking_slots_and_an_approval_request_goes_first() {
+        let (budget, start) = three_a_minute_spent();
+        assert_eq!(turn_of(&budget, 3, start), Err(20));
+        assert_eq!(turn_of(&budget, 4, start), Err(40));
+        assert_eq!(
+            turn_of(&budget, 3, start),
+            Err(20),
+            "a card keeps its place"
+        );
+        // The budget's next slot is still free: the request takes it, and the line moves back.
+        assert_eq!(budget.request_turn() - start, Duration::from_secs(20));
+        assert_eq!(turn_of(&budget, 4, start), Err(60));
+        assert_eq!(turn_of(&budget, 3, start), Err(40));
+        tokio::time::advance(Duration::from_secs(40)).await;
+        assert_eq!(
+            turn_of(&budget, 4, start),
+            Err(60),
+            "the second waits for the first"
+        );
+        assert_eq!(turn_of(&budget, 3, start), Ok(40));
+        assert_eq!(turn_of(&budget, 4, start), Err(60));
+        tokio::time::advance(Duration::from_millis(19_500)).await;
+        assert_eq!(
+            turn_of(&budget, 4, start),
+            Ok(60),
+            "within a second: waited for"
+        );
+        assert!(budget.line().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_card_that_needs_no_update_leaves_the_line() {
+        let (budget, start) = three_a_minute_spent();
+        assert_eq!(turn_of(&budget, 3, start), Err(20));
+        budget.leave_line(&run(3));
+        assert_eq!(turn_of(&budget, 4, start), Err(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_card_that_misses_its_turn_gives_its_place_up() {
+        let (budget, start) = three_a_minute_spent();
+        assert_eq!(turn_of(&budget, 3, start), Err(20));
+        assert_eq!(turn_of(&budget, 4, start), Err(40));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(
+            turn_of(&budget, 4, start),
+            Err(45),
+            "the first may still come"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(turn_of(&budget, 4, start), Ok(31));
+        assert_eq!(
+            turn_of(&budget, 3, start),
+            Err(40),
+            "back in line, at its end"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_budget_every_card_goes_at_once() {
+        let budget = UpdateBudget::new(0);
+        let start = Instant::now();
+        for n in 0..100 {
+            assert_eq!(turn_of(&budget, n, start), Ok(0));
+        }
     }
 }

@@ -14,7 +14,7 @@
 //! | `run/<run>`               | the run (JSON)                           |
 //! | `ev/<run>/<seq>`          | events up to `<seq>`, the last one's (JSON: one event, or an array of them): one change's, or several changes' that reached sled together |
 //! | `active/<run>`            | the run's action id; the run has not ended |
-//! | `due/<consumer>/<run>`    | the run has events to deliver, from this seq on (8 bytes; empty in stores before that: see `cur/`) |
+//! | `due/<consumer>/<run>`    | the run has events to deliver, from this seq on, or the consumer kept it due for a later step (8 bytes; empty in stores before that: see `cur/`) |
 //! | `cur/<consumer>/<run>`    | seq of the last delivered event, as stores before due marks held a seq wrote it |
 //! | `ref/<consumer>/<run>`    | what the consumer keeps (chat message ids) |
 //! | `inv/<run>`               | backend invocation attempts so far       |
@@ -501,7 +501,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs with events not yet delivered to `consumer`.
+    /// Runs with events not yet delivered to `consumer`, or that it kept due.
     pub fn due_runs(&self, consumer: &str) -> StoreResult<Vec<RunId>> {
         self.ids_under(format!("due/{consumer}/").as_bytes())
     }
