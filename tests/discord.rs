@@ -586,6 +586,40 @@ async fn without_access_to_the_channel_the_card_goes_to_the_requester_and_a_miss
     );
 }
 
+/// A card and an approval request someone deleted are tried once each, and the thread goes on.
+#[tokio::test]
+async fn deleted_messages_are_not_edited_again_and_the_thread_goes_on() {
+    let fake = FakeDiscord::start().await;
+    let app = discord_app(&fake).await;
+    let run = new_run(&app).await;
+    let request = format!("/api/v10/channels/{APPROVALS}/messages");
+    fake.calls_when(|calls| {
+        calls.iter().any(|c| c.path.ends_with("/threads"))
+            && calls.iter().any(|c| c.path == request)
+    })
+    .await;
+    fake.messages_deleted.store(true, SeqCst);
+    let (status, body) = app.decide(&format!("discord:{OPS}"), &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = until_posted(&fake, "your run ended").await;
+    assert!(
+        calls.iter().any(|c| c.content().contains("your run ended")),
+        "{calls:?}"
+    );
+    // Long enough for a retry (after 0.5 s, then 1 s) to show.
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    assert_eq!(
+        fake.edits_of_deleted.load(SeqCst),
+        2,
+        "the card and the request, once each"
+    );
+    assert!(!fake
+        .calls()
+        .iter()
+        .any(|c| c.method == "PATCH" && c.path.contains("/channels/")));
+}
+
 #[tokio::test]
 async fn discord_register_puts_the_port_command() {
     let fake = FakeDiscord::start().await;

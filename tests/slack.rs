@@ -1081,6 +1081,40 @@ async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
     );
 }
 
+/// A card or approval request Slack will never update (deleted, say) is tried once, and the
+/// thread goes on to the end.
+#[tokio::test]
+async fn a_message_slack_will_not_update_any_more_is_tried_once_and_the_thread_goes_on() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    let (_, at) = command_with_card(&app, &fake).await;
+    let card_ts = common::slack_ts(at);
+    fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
+        .await;
+
+    *fake.refuse_method.lock().unwrap() = Some(("chat.update".into(), "message_not_found".into()));
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
+    assert_eq!(status, 200, "{body}");
+    app.wait_for(&run, "SUCCESS").await;
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let (_, thread) = common::card_thread(&calls, "C123");
+    common::assert_in_order(
+        &thread,
+        &[
+            "Approved by <@UOPS>",
+            "Started",
+            "<@UDEV> your run ended: *SUCCESS*",
+        ],
+    );
+    // Long enough for a retry (after 0.5 s, then 1 s) to show.
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
+    let mut refused = fake.refused_in.lock().unwrap().clone();
+    refused.sort();
+    assert_eq!(refused, ["C123", "CAPPROVE"]);
+}
+
 /// A card update Slack refuses is tried again: the card never stays on an old status.
 #[tokio::test]
 async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
@@ -1091,7 +1125,7 @@ async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
     fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
         .await;
 
-    *fake.refuse_method.lock().unwrap() = Some("chat.update".into());
+    *fake.refuse_method.lock().unwrap() = Some(("chat.update".into(), "internal_error".into()));
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
     let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;

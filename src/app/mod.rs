@@ -52,6 +52,10 @@ pub enum AppError {
     /// A consumer could not deliver to its platform (it is retried later).
     #[error("delivery failed: {0}")]
     Delivery(String),
+    /// A message of a consumer's (a run card, an approval request) that its platform will never
+    /// edit again (someone deleted it, say), with the platform's reason: it is left as it is.
+    #[error("the message can no longer be edited: {0}")]
+    MessageGone(String),
 }
 
 /// Someone asking for a run of an action, as an adapter received it: the inputs are still

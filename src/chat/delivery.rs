@@ -10,7 +10,9 @@
 //!
 //! Each message's delivery is recorded before the next is sent, so after a crash at most the
 //! message in flight is sent again. A surface waits out rate limits itself; any other failure
-//! leaves the run due, and the worker tries again with a backoff.
+//! leaves the run due, and the worker tries again with a backoff, except a card or request the
+//! platform will never edit again ([`AppError::MessageGone`]): it is left as it is (a card's
+//! reference keeps why, under `gone`), and the thread goes on.
 
 use std::future::Future;
 
@@ -124,13 +126,21 @@ impl<S: Surface> Deliver for Threads<S> {
             // reply. When the platform allows no update yet, the replies go first, recorded
             // with the run kept due, and the update follows in its turn (a later delivery,
             // maybe with no events pending, finds the card still behind and updates it).
-            Some(card) => match surface.update_card(&card, run).await? {
-                CardUpdate::Shown => (card, None),
-                CardUpdate::Updated(shown) => (shown.clone(), Some(shown)),
-                CardUpdate::NotBefore(at) => {
+            Some(card) if card.get("gone").is_some() => (card, None),
+            Some(card) => match surface.update_card(&card, run).await {
+                Ok(CardUpdate::Shown) => (card, None),
+                Ok(CardUpdate::Updated(shown)) => (shown.clone(), Some(shown)),
+                Ok(CardUpdate::NotBefore(at)) => {
                     later = Some(at);
                     (card, None)
                 }
+                Err(AppError::MessageGone(reason)) => {
+                    tracing::warn!(run = %id, %reason, "a run card can no longer be updated; its thread goes on without it");
+                    let mut gone = card;
+                    gone["gone"] = Value::String(reason);
+                    (gone.clone(), Some(gone))
+                }
+                Err(error) => return Err(error),
             },
             None => {
                 // The card stands for the run's creation (its first event) and shows this reading.
@@ -220,7 +230,12 @@ impl<S: Surface> Deliver for Approvals<S> {
                 record(app, S::APPROVALS, &pending, last, Some(request), false).await
             }
             Some(request) => {
-                surface.update_request(&request, &pending.run).await?;
+                match surface.update_request(&request, &pending.run).await {
+                    Err(AppError::MessageGone(reason)) => {
+                        tracing::warn!(run = %id, %reason, "an approval request can no longer be updated; the decision stands");
+                    }
+                    updated => updated?,
+                }
                 record(app, S::APPROVALS, &pending, last, None, false).await
             }
         }

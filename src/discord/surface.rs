@@ -182,11 +182,13 @@ impl DiscordSurface {
 
     async fn edit_message(&self, channel: &str, id: &str, message: &Value) -> Result<(), AppError> {
         let path = format!("/channels/{channel}/messages/{id}");
-        self.api
-            .request(Method::PATCH, &path, Some(message))
-            .await
-            .map(|_| ())
-            .map_err(delivery)
+        match self.api.request(Method::PATCH, &path, Some(message)).await {
+            Ok(_) => Ok(()),
+            Err(DiscordApiError::Refused { code, message, .. }) if MESSAGE_GONE.contains(&code) => {
+                Err(AppError::MessageGone(format!("{message} (code {code})")))
+            }
+            Err(error) => Err(delivery(error)),
+        }
     }
 
     async fn start_thread(
@@ -269,6 +271,10 @@ fn safe_link(link: &str) -> Option<String> {
     let quoted = serde_json::to_string(&plain).ok()?;
     Some(quoted[1..quoted.len() - 1].to_owned())
 }
+
+/// Discord's refusals of an edit that no later try changes ([`AppError::MessageGone`]): unknown
+/// channel, unknown message (deleted), a message of another author's.
+const MESSAGE_GONE: [u64; 3] = [10003, 10008, 50005];
 
 fn delivery(error: DiscordApiError) -> AppError {
     AppError::Delivery(error.to_string())

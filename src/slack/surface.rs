@@ -160,6 +160,17 @@ impl Surface for SlackSurface {
     }
 }
 
+/// Slack's refusals of `chat.update` that no later try changes ([`AppError::MessageGone`]): the
+/// message was deleted, is not the bot's, may no longer be edited, or its channel is gone or
+/// archived.
+const MESSAGE_GONE: [&str; 5] = [
+    "message_not_found",
+    "cant_update_message",
+    "edit_window_closed",
+    "channel_not_found",
+    "is_archived",
+];
+
 /// The key of `chat.update` in its [`UpdateBudget`]'s pace.
 const UPDATES: &str = "chat.update";
 /// A card update whose turn is at most this far off waits for it, ahead of the thread's replies.
@@ -285,9 +296,16 @@ impl SlackSurface {
         ts: &Value,
     ) -> Result<(), AppError> {
         let message = message.with("channel", channel).with("ts", ts);
-        self.post("chat.update", None, message.into_string())
+        match self
+            .call_paced("chat.update", None, message.into_string())
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(SlackApiError::Refused { error, .. }) if MESSAGE_GONE.contains(&error.as_str()) => {
+                Err(AppError::MessageGone(error))
+            }
+            Err(error) => Err(AppError::Delivery(error.to_string())),
+        }
     }
 
     /// Posts a card or an approval request (urgent) in `channel`; where Slack says the bot is

@@ -220,6 +220,10 @@ pub struct FakeDiscord {
     pub forbidden: Arc<Mutex<HashSet<String>>>,
     /// Refuse to start threads (as in a channel without the permission).
     pub no_threads: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, every message is as if deleted by a member: an edit gets 404, Unknown Message.
+    pub messages_deleted: Arc<std::sync::atomic::AtomicBool>,
+    /// Edits answered so.
+    pub edits_of_deleted: Arc<AtomicUsize>,
     /// Answer this many next thread starts with HTTP 502.
     pub fail_threads_next: Arc<AtomicUsize>,
     /// What `GET /gateway/bot` hands out.
@@ -394,7 +398,13 @@ impl FakeDiscord {
                 }
                 created
             }
-            ("PATCH", ["channels", channel, "messages", id]) => message(id, channel, &body),
+            ("PATCH", ["channels", channel, "messages", id]) => {
+                if self.messages_deleted.load(SeqCst) {
+                    self.edits_of_deleted.fetch_add(1, SeqCst);
+                    return error(StatusCode::NOT_FOUND, 10008, "Unknown Message");
+                }
+                message(id, channel, &body)
+            }
             ("POST", ["channels", channel, "messages", id, "threads"]) => {
                 if take(&self.fail_threads_next) {
                     return StatusCode::BAD_GATEWAY.into_response();

@@ -491,8 +491,10 @@ pub struct FakeSlack {
     pub throttle_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer this many next calls with `{"ok": false, "error": "internal_error"}`.
     pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
-    /// While set, answer every call of this method with `{"ok": false, "error": "internal_error"}`.
-    pub refuse_method: Arc<Mutex<Option<String>>>,
+    /// While set to (method, error), answer every call of the method with `{"ok": false, error}`.
+    pub refuse_method: Arc<Mutex<Option<(String, String)>>>,
+    /// The channels of the calls `refuse_method` refused, in order.
+    pub refused_in: Arc<Mutex<Vec<String>>>,
     /// Answer this many next calls with HTTP 503.
     pub fail_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Answer every call with this bot token with HTTP 503, even one that arrives late: a bot
@@ -533,6 +535,7 @@ impl FakeSlack {
             throttle_next: Arc::default(),
             refuse_next: Arc::default(),
             refuse_method: Arc::default(),
+            refused_in: Arc::default(),
             fail_next: Arc::default(),
             down_for_token: Arc::default(),
             not_in: Arc::default(),
@@ -567,9 +570,20 @@ impl FakeSlack {
                             if down || take(&state.fail_next) {
                                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
                             }
-                            let refused_method =
-                                state.refuse_method.lock().unwrap().as_ref() == Some(&method);
-                            if refused_method || take(&state.refuse_next) {
+                            let refused_method = state
+                                .refuse_method
+                                .lock()
+                                .unwrap()
+                                .clone()
+                                .filter(|(refused, _)| *refused == method)
+                                .map(|(_, error)| error);
+                            if let Some(error) = refused_method {
+                                let channel = body["channel"].as_str().unwrap_or_default();
+                                state.refused_in.lock().unwrap().push(channel.to_owned());
+                                return axum::Json(json!({"ok": false, "error": error}))
+                                    .into_response();
+                            }
+                            if take(&state.refuse_next) {
                                 return axum::Json(json!({"ok": false, "error": "internal_error"}))
                                     .into_response();
                             }
