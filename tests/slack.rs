@@ -1081,23 +1081,25 @@ async fn a_failing_slack_is_retried_and_the_card_is_posted_once() {
     );
 }
 
-/// A card or approval request Slack will never update (deleted, say) is tried once, and the
-/// thread goes on to the end.
-#[tokio::test]
-async fn a_message_slack_will_not_update_any_more_is_tried_once_and_the_thread_goes_on() {
-    let fake = FakeSlack::start().await;
-    let app = slack_app_with(&fake).await;
-    let (_, at) = command_with_card(&app, &fake).await;
+/// A run requested in C123 whose card is in place, then approved while Slack answers every
+/// `chat.update` with `error`, once it succeeded: the app and where the card is.
+async fn approved_with_updates_refused(fake: &FakeSlack, error: &str) -> (TestApp, String) {
+    let app = slack_app_with(fake).await;
+    let (_, at) = command_with_card(&app, fake).await;
     let card_ts = common::slack_ts(at);
     fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
         .await;
-
-    *fake.refuse_method.lock().unwrap() = Some(("chat.update".into(), "message_not_found".into()));
+    *fake.refuse_method.lock().unwrap() = Some(("chat.update".into(), error.into()));
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
     let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
     assert_eq!(status, 200, "{body}");
     app.wait_for(&run, "SUCCESS").await;
+    (app, card_ts)
+}
+
+/// The thread in C123 once its run ended, checked to say it was approved, started and ended.
+async fn ended_thread(fake: &FakeSlack) -> String {
     let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
     let (_, thread) = common::card_thread(&calls, "C123");
     common::assert_in_order(
@@ -1108,6 +1110,16 @@ async fn a_message_slack_will_not_update_any_more_is_tried_once_and_the_thread_g
             "<@UDEV> your run ended: *SUCCESS*",
         ],
     );
+    thread
+}
+
+/// A card or approval request Slack will never update (deleted, say) is tried once, and the
+/// thread goes on to the end.
+#[tokio::test]
+async fn a_message_slack_will_not_update_any_more_is_tried_once_and_the_thread_goes_on() {
+    let fake = FakeSlack::start().await;
+    let (_app, _) = approved_with_updates_refused(&fake, "message_not_found").await;
+    ended_thread(&fake).await;
     // Long enough for a retry (after 0.5 s, then 1 s) to show.
     tokio::time::sleep(std::time::Duration::from_millis(2_000)).await;
     let mut refused = fake.refused_in.lock().unwrap().clone();
@@ -1119,18 +1131,7 @@ async fn a_message_slack_will_not_update_any_more_is_tried_once_and_the_thread_g
 #[tokio::test]
 async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
     let fake = FakeSlack::start().await;
-    let app = slack_app_with(&fake).await;
-    let (_, at) = command_with_card(&app, &fake).await;
-    let card_ts = common::slack_ts(at);
-    fake.calls_when(|calls| calls.iter().any(|c| c.body["thread_ts"] == card_ts))
-        .await;
-
-    *fake.refuse_method.lock().unwrap() = Some(("chat.update".into(), "internal_error".into()));
-    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
-    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
-    let (status, body) = app.decide("slack:UOPS", &run, "APPROVE").await;
-    assert_eq!(status, 200, "{body}");
-    app.wait_for(&run, "SUCCESS").await;
+    let (_app, card_ts) = approved_with_updates_refused(&fake, "internal_error").await;
     // Long enough for the deliveries after the approval to meet the refusals.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     *fake.refuse_method.lock().unwrap() = None;
@@ -1142,16 +1143,7 @@ async fn a_refused_card_update_is_tried_again_until_the_card_shows_the_end() {
         .map(|c| c.body["blocks"].to_string())
         .unwrap_or_default();
     assert!(last_update.contains("SUCCESS"), "{calls:?}");
-    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
-    let (_, thread) = common::card_thread(&calls, "C123");
-    common::assert_in_order(
-        &thread,
-        &[
-            "Approved by <@UOPS>",
-            "Started",
-            "<@UDEV> your run ended: *SUCCESS*",
-        ],
-    );
+    let thread = ended_thread(&fake).await;
     assert_eq!(
         thread.matches("your run ended").count(),
         1,
