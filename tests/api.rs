@@ -614,6 +614,15 @@ async fn service_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    // Methods of a client's own invention share one series.
+    for invented in ["FOO1", "FOO2"] {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+        app.http
+            .request(method, format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap();
+    }
     app.run_id(
         DEV,
         "add-documentdb",
@@ -642,6 +651,8 @@ async fn service_endpoints_answer() {
         metrics.contains("route=\"/v1/actions/{action}/runs\""),
         "{metrics}"
     );
+    assert!(!metrics.contains("FOO"), "{metrics}");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
     // Disabled chat platforms have no endpoints.
     let slack = app
         .http

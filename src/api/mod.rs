@@ -83,7 +83,17 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 async fn record_latency(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    // A client names the method; each name would be a series of its own for good.
+    let method = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -91,7 +101,7 @@ async fn record_latency(State(state): State<ApiState>, request: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let response = next.run(request).await;
     state.app.metrics().http_request(
-        method.as_str(),
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed(),

@@ -207,7 +207,7 @@ fn verify(state: &DiscordState, headers: &HeaderMap, body: &[u8]) -> Result<(), 
         return Err("the request is not signed");
     };
     let at: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
-    if (chrono::Utc::now().timestamp() - at).abs() > MAX_AGE_SECONDS {
+    if chrono::Utc::now().timestamp().abs_diff(at) > MAX_AGE_SECONDS.unsigned_abs() {
         return Err("the request is too old (or from the future)");
     }
     state

@@ -20,6 +20,9 @@ use tokio::time::Instant;
 use crate::chat::pace::Pace;
 use crate::config::Secret;
 
+/// Blocked routes kept before the expired ones are dropped.
+const MAX_BLOCKED: usize = 256;
+
 /// Sent as `User-Agent`, in the form Discord asks bots to use.
 const USER_AGENT: &str = concat!(
     "DiscordBot (https://github.com/portbot/portbot, ",
@@ -168,8 +171,13 @@ impl DiscordApi {
         } else {
             1.0
         };
-        let until = Instant::now() + Duration::from_secs_f64(seconds);
+        let now = Instant::now();
+        let until = now + Duration::from_secs_f64(seconds);
         let mut blocked = self.blocked.lock().expect("rate limit lock poisoned");
+        // A route per interaction token: the ones whose block has passed are dropped.
+        if blocked.len() >= MAX_BLOCKED {
+            blocked.retain(|_, until| *until > now);
+        }
         let entry = blocked.entry(scope.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
     }
@@ -189,21 +197,29 @@ impl DiscordApi {
 }
 
 /// A route as Discord buckets it: the method and path, with the ids of messages (and other
-/// minor parameters) replaced, so all messages of one channel share a bucket.
+/// minor parameters) replaced, so all messages of one channel share a bucket. An interaction's
+/// token (`/webhooks/{application}/{token}/...`) is a major parameter too, but it lets anyone
+/// answer as the bot, and routes are logged: it stands as a digest of itself.
 fn route_of(method: &Method, path: &str) -> String {
+    use sha2::{Digest, Sha256};
     let mut route = String::from(method.as_str());
-    let mut previous = "";
+    let (mut before, mut previous) = ("", "");
     for part in path.split('/').filter(|p| !p.is_empty()) {
         route.push('/');
         let major = matches!(
             previous,
             "channels" | "guilds" | "webhooks" | "applications"
         );
-        match part.chars().all(|c| c.is_ascii_digit()) && !major {
-            true => route.push_str(":id"),
-            false => route.push_str(part),
+        if before == "webhooks" {
+            let digest = Sha256::digest(part.as_bytes());
+            route.push_str(":token-");
+            route.push_str(&hex::encode(&digest[..4]));
+        } else if part.chars().all(|c| c.is_ascii_digit()) && !major {
+            route.push_str(":id");
+        } else {
+            route.push_str(part);
         }
-        previous = part;
+        (before, previous) = (previous, part);
     }
     route
 }
@@ -221,6 +237,24 @@ mod tests {
         assert_ne!(
             route_of(&Method::POST, "/channels/123/messages"),
             route_of(&Method::POST, "/channels/124/messages")
+        );
+    }
+
+    #[test]
+    fn an_interaction_token_is_not_in_its_route() {
+        let route = |token: &str| {
+            route_of(
+                &Method::PATCH,
+                &format!("/webhooks/1100/{token}/messages/@original"),
+            )
+        };
+        let token = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDpzZWNyZXQ";
+        assert!(!route(token).contains(token), "{}", route(token));
+        assert!(route(token).starts_with("PATCH/webhooks/1100/:token-"));
+        assert_ne!(
+            route(token),
+            route("another-token"),
+            "each token its bucket"
         );
     }
 }

@@ -62,6 +62,13 @@ impl Seen {
         }
         true
     }
+
+    /// Forgets a delivery id, so the same delivery is taken when GitHub sends it again. (Its
+    /// place in `order` stays: should it come back, it is forgotten a little early, when that
+    /// first place falls out.)
+    fn forget(&mut self, id: &str) {
+        self.ids.remove(id);
+    }
 }
 
 pub fn router(app: App, secret: Secret) -> Router {
@@ -109,7 +116,8 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         return answer(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     let event = header("x-github-event").unwrap_or_default();
-    if let Some(delivery) = header("x-github-delivery") {
+    let delivery = header("x-github-delivery");
+    if let Some(delivery) = delivery {
         if !state
             .seen
             .lock()
@@ -126,6 +134,14 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         Ok(()) | Err(AppError::RunNotFound(_)) => answer(StatusCode::OK, "received"),
         Err(error) => {
             tracing::error!(%error, run = %run, "a GitHub event could not be recorded");
+            // Asked to send it again, GitHub uses the same delivery id.
+            if let Some(delivery) = delivery {
+                state
+                    .seen
+                    .lock()
+                    .expect("webhook lock poisoned")
+                    .forget(delivery);
+            }
             answer(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "portbot could not record the event; send it again",
@@ -188,6 +204,15 @@ fn run_in(text: &str) -> Option<RunId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_that_could_not_be_recorded_is_taken_again() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time("d1"));
+        assert!(!seen.first_time("d1"));
+        seen.forget("d1");
+        assert!(seen.first_time("d1"));
+    }
 
     #[test]
     fn signatures_are_checked_over_the_raw_body() {

@@ -33,14 +33,18 @@ pub struct Verifier {
     seen: Mutex<Seen>,
 }
 
-/// Signatures accepted within the window. Pruned from the front as they expire, so a check
-/// costs the same however many are kept.
+/// Signatures accepted within the window, as the MACs they decode to (so `A2` and `a2`, which
+/// decode alike, are one signature). Pruned from the front as they expire, so a check costs the
+/// same however many are kept; only Slack can add one, as each was checked first.
 #[derive(Default)]
 struct Seen {
     /// When each signature stops being acceptable (its timestamp + the window), in arrival order.
-    expiries: VecDeque<(i64, String)>,
-    signatures: HashSet<String>,
+    expiries: VecDeque<(i64, Mac256)>,
+    signatures: HashSet<Mac256>,
 }
+
+/// An HMAC-SHA256.
+type Mac256 = [u8; 32];
 
 impl Verifier {
     pub fn new(secret: Secret) -> Verifier {
@@ -65,12 +69,13 @@ impl Verifier {
             .trim()
             .parse()
             .map_err(|_| SignatureError::Missing)?;
-        if (now - at).abs() > WINDOW_SECONDS {
+        if now.abs_diff(at) > WINDOW_SECONDS.unsigned_abs() {
             return Err(SignatureError::Stale);
         }
-        let given = signature
+        let given: Mac256 = signature
             .strip_prefix("v0=")
             .and_then(|h| hex::decode(h).ok())
+            .and_then(|mac| mac.try_into().ok())
             .ok_or(SignatureError::Mismatch)?;
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose().as_bytes())
             .expect("HMAC takes any key");
@@ -87,11 +92,11 @@ impl Verifier {
             let (_, gone) = seen.expiries.pop_front().expect("just looked");
             seen.signatures.remove(&gone);
         }
-        if !seen.signatures.insert(signature.to_owned()) {
+        if !seen.signatures.insert(given) {
             return Err(SignatureError::Replayed);
         }
         seen.expiries
-            .push_back((at + WINDOW_SECONDS, signature.to_owned()));
+            .push_back((at.saturating_add(WINDOW_SECONDS), given));
         Ok(())
     }
 }
@@ -147,5 +152,38 @@ mod tests {
             fresh.verify(None, Some(signature), body.as_bytes(), at),
             Err(SignatureError::Missing)
         );
+    }
+
+    #[test]
+    fn a_replay_with_the_signature_in_other_letters_is_refused() {
+        let body = "text=hello";
+        let v = verifier("secret");
+        let at = 1_700_000_000;
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
+        mac.update(format!("v0:{at}:{body}").as_bytes());
+        let lower = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        let upper = format!("v0={}", lower[3..].to_uppercase());
+        let timestamp = at.to_string();
+        let check =
+            |signature: &str| v.verify(Some(&timestamp), Some(signature), body.as_bytes(), at);
+        assert_eq!(check(&upper), Ok(()));
+        assert_eq!(check(&lower), Err(SignatureError::Replayed));
+        assert_eq!(check(&upper), Err(SignatureError::Replayed));
+    }
+
+    #[test]
+    fn timestamps_at_the_ends_of_the_range_are_stale_not_a_panic() {
+        let v = verifier("secret");
+        for timestamp in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                v.verify(
+                    Some(&timestamp.to_string()),
+                    Some("v0=00"),
+                    b"",
+                    1_700_000_000
+                ),
+                Err(SignatureError::Stale)
+            );
+        }
     }
 }
