@@ -709,6 +709,45 @@ async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on
     assert_eq!(thread.matches("your run ended").count(), 1, "{thread}");
 }
 
+/// Log lines of characters mrkdwn escapes (`<` is `&lt;`) are measured as Slack counts them:
+/// each message keeps within 3,000 characters, and no line is lost.
+#[tokio::test]
+async fn log_lines_full_of_escaped_characters_keep_within_slacks_limits() {
+    let receiver = Receiver::start().await;
+    let fake = FakeSlack::start().await;
+    let app = hook_app(&receiver, &fake, 0).await;
+    let (run, _) = hook_run_with_card(&app, &fake).await;
+    let mut lines: Vec<String> = (0..3).map(|n| format!("{n}{}", "<".repeat(600))).collect();
+    lines.push(format!("long{}end", "&".repeat(2_000)));
+    lines.push("a -> b && c".into());
+    for line in &lines {
+        let logs = format!("/v1/actions/runs/{run}/logs");
+        let (status, body) = app
+            .backend("POST", &logs, Some(json!({"message": line})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = app.patch_run(&run, json!({"status": "SUCCESS"})).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let (_, thread) = common::card_thread(&calls, "C123");
+    for n in 0..3 {
+        let escaped = format!("{n}{}", "&lt;".repeat(600));
+        assert_eq!(thread.matches(&escaped).count(), 1, "line {n} whole, once");
+    }
+    assert!(
+        thread.contains("long&amp;") && thread.contains("&amp;end"),
+        "head and tail kept"
+    );
+    assert!(thread.contains("[line cut]"), "the cut is marked");
+    assert!(thread.contains("a -&gt; b &amp;&amp; c"));
+    assert_eq!(
+        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every message kept Slack's limits"
+    );
+}
+
 #[tokio::test]
 async fn an_approval_request_is_updated_ahead_of_the_cards_waiting_for_their_turn() {
     let receiver = Receiver::start().await;

@@ -19,7 +19,7 @@ use std::future::Future;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::view::group_for_thread;
+use super::view::{group_for_thread, LogLimit};
 use crate::app::worker::Deliver;
 use crate::app::{App, AppError, Consumer, Delivery, Pending};
 use crate::core::ids::RunId;
@@ -33,8 +33,8 @@ pub trait Surface: Clone + Send + Sync + 'static {
     /// The outbox consumer names of the thread and approval deliveries.
     const THREADS: &'static str;
     const APPROVALS: &'static str;
-    /// Characters of log text in one thread message.
-    const LOG_CHARS: usize;
+    /// Log text in one thread message.
+    const LOG_LIMIT: LogLimit;
 
     fn app(&self) -> &App;
 
@@ -162,7 +162,7 @@ impl<S: Surface> Deliver for Threads<S> {
             }
         };
         let mut unrecorded = rest.len() == events.len();
-        for group in group_for_thread(rest, S::LOG_CHARS) {
+        for group in group_for_thread(rest, S::LOG_LIMIT) {
             let started = surface.reply(&card, run, group).await?;
             // Taken either way: a reference from the reply (a thread it started) is built on
             // `card`, which holds the update already.

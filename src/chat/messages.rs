@@ -2,27 +2,76 @@
 //! (Slack's Block Kit, Discord's message objects), so a team can restyle them without touching
 //! Rust.
 //!
-//! Every value is escaped on its way in by the platform's escape function: for its markup (so
-//! user text can never become a mention or a link) and for a JSON string. Templates put values
-//! only inside JSON strings; the result must parse, or rendering fails. The `truncate` helper
-//! keeps user-influenced text inside the platform's limits.
+//! Every value is escaped on its way in for the platform's markup (each character by its
+//! [`Markup`], so user text can never become a mention or a link) and for a JSON string.
+//! Templates put values only inside JSON strings; the result must parse, or rendering fails.
+//! The `truncate` helper keeps user-influenced text inside the platform's limits, counting each
+//! character as long as its markup escape makes it (Slack's `<` is `&lt;`: four).
 
 use std::path::Path;
 
-use handlebars::{handlebars_helper, Context, Handlebars};
+use handlebars::{
+    Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
+    ScopedJson,
+};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-handlebars_helper!(truncate: |text: str, max: u64| {
-    let max = max as usize;
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+/// A platform's markup escapes: a character's replacement, or `None` to keep it.
+pub type Markup = fn(char) -> Option<&'static str>;
+
+/// How many characters `c` is once escaped by `markup`.
+pub fn shown_width(markup: Markup, c: char) -> usize {
+    markup(c).map_or(1, |replacement| replacement.chars().count())
+}
+
+/// `{{truncate text max}}`: `text`, cut with `…` so that it is at most `max` characters once
+/// escaped (the helper's result is escaped as any value is).
+struct Truncate(Markup);
+
+impl HelperDef for Truncate {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        helper: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let param = |at: usize, name: &str, kind: &str| {
+            helper.param(at).map(|p| p.value()).ok_or_else(|| {
+                RenderErrorReason::ParamTypeMismatchForName("truncate", name.into(), kind.into())
+            })
+        };
+        let text = param(0, "text", "str")?.as_str();
+        let max = param(1, "max", "u64")?.as_u64();
+        let (Some(text), Some(max)) = (text, max) else {
+            return Err(RenderErrorReason::ParamTypeMismatchForName(
+                "truncate",
+                "text, max".into(),
+                "str, u64".into(),
+            )
+            .into());
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        let width = |c: char| shown_width(self.0, c);
+        if text.chars().map(width).sum::<usize>() <= max {
+            return Ok(ScopedJson::Derived(Value::from(text)));
+        }
+        let mut budget = max.saturating_sub(1);
+        let mut cut: String = text
+            .chars()
+            .take_while(|c| match budget.checked_sub(width(*c)) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            })
+            .collect();
         cut.push('…');
-        cut
+        Ok(ScopedJson::Derived(Value::from(cut)))
     }
-});
+}
 
 /// One platform's compiled templates.
 pub struct Messages {
@@ -36,17 +85,17 @@ pub enum MessageError {
 }
 
 impl Messages {
-    /// Loads every `*.hbs` in `<templates>/<platform>`, escaping values with `escape`; names
-    /// are the file stems.
+    /// Loads every `*.hbs` in `<templates>/<platform>`, escaping values for `markup` and JSON;
+    /// names are the file stems.
     pub fn load(
         templates: &Path,
         platform: &str,
-        escape: fn(&str) -> String,
+        markup: Markup,
     ) -> Result<Messages, MessageError> {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
-        registry.register_escape_fn(escape);
-        registry.register_helper("truncate", Box::new(truncate));
+        registry.register_escape_fn(move |text| json_escape_with(text, markup));
+        registry.register_helper("truncate", Box::new(Truncate(markup)));
         let dir = templates.join(platform);
         let entries = std::fs::read_dir(&dir).map_err(|e| MessageError::Template {
             name: dir.display().to_string(),
@@ -142,7 +191,7 @@ impl MessageText {
 /// `text` for the inside of a JSON string, each character first escaped for the platform's
 /// markup by `markup` (its replacement, or `None` to keep it), in one pass. The JSON escapes
 /// are serde_json's, so the result is what serialising the marked-up text would give.
-pub fn json_escape_with(text: &str, markup: impl Fn(char) -> Option<&'static str>) -> String {
+pub fn json_escape_with(text: &str, markup: Markup) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     for c in text.chars() {
         match markup(c) {

@@ -91,20 +91,52 @@ pub fn created_data(run: &Run, command: &str) -> Value {
     })
 }
 
+/// How much log text one thread message holds: `chars` characters, each counted as long as
+/// `width` says the message shows it (Slack's `<` is `&lt;` there: four).
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimit {
+    pub chars: usize,
+    pub width: fn(char) -> usize,
+}
+
+impl LogLimit {
+    fn width_of(&self, text: &str) -> usize {
+        text.chars().map(self.width).sum()
+    }
+
+    /// The longest start of `chars` that fits in `budget`.
+    fn fitting(&self, chars: impl Iterator<Item = char>, mut budget: usize) -> Vec<char> {
+        chars
+            .take_while(|c| match budget.checked_sub((self.width)(*c)) {
+                Some(left) => {
+                    budget = left;
+                    true
+                }
+                None => false,
+            })
+            .collect()
+    }
+}
+
+/// Every character counts one.
+pub fn one_each(_: char) -> usize {
+    1
+}
+
 /// Events as thread messages: consecutive log lines share one message of at most `limit`
-/// characters of log text; every other event is a message of its own.
-pub fn group_for_thread(events: &[RunEvent], limit: usize) -> Vec<&[RunEvent]> {
+/// of log text; every other event is a message of its own.
+pub fn group_for_thread(events: &[RunEvent], limit: LogLimit) -> Vec<&[RunEvent]> {
     let mut groups = Vec::new();
     let mut start = 0;
     let mut chars = 0;
     for (i, event) in events.iter().enumerate() {
         let line = match &event.kind {
-            EventKind::Log { message } => Some(message.chars().count().min(limit) + 1),
+            EventKind::Log { message } => Some(limit.width_of(message).min(limit.chars) + 1),
             _ => None,
         };
         let joins = i > start
             && matches!(events[i - 1].kind, EventKind::Log { .. })
-            && line.is_some_and(|len| chars + len <= limit);
+            && line.is_some_and(|len| chars + len <= limit.chars);
         if i > start && !joins {
             groups.push(&events[start..i]);
             start = i;
@@ -119,7 +151,7 @@ pub fn group_for_thread(events: &[RunEvent], limit: usize) -> Vec<&[RunEvent]> {
 }
 
 /// One thread reply for a group of events (see [`group_for_thread`]).
-pub fn reply_data(run: &Run, group: &[RunEvent], limit: usize, mention: Mention) -> Value {
+pub fn reply_data(run: &Run, group: &[RunEvent], limit: LogLimit, mention: Mention) -> Value {
     let first = &group[0];
     let mut data = serde_json::to_value(first).expect("events serialise");
     if let EventKind::Log { .. } = first.kind {
@@ -140,17 +172,20 @@ pub fn reply_data(run: &Run, group: &[RunEvent], limit: usize, mention: Mention)
     data
 }
 
-/// One log line within `limit` characters, keeping its head and tail (where a summary
-/// usually is) and marking the cut.
-fn cut(line: &str, limit: usize) -> String {
-    let count = line.chars().count();
-    if count <= limit {
+/// One log line within `limit`, keeping its head and tail (where a summary usually is) and
+/// marking the cut.
+fn cut(line: &str, limit: LogLimit) -> String {
+    if limit.width_of(line) <= limit.chars {
         return line.to_owned();
     }
     const MARK: &str = " … [line cut] … ";
-    let keep = limit.saturating_sub(MARK.chars().count());
-    let head: String = line.chars().take(keep / 2).collect();
-    let tail: String = line.chars().skip(count - (keep - keep / 2)).collect();
+    let keep = limit.chars.saturating_sub(limit.width_of(MARK));
+    let head: String = limit.fitting(line.chars(), keep / 2).into_iter().collect();
+    let tail: String = limit
+        .fitting(line.chars().rev(), keep - keep / 2)
+        .into_iter()
+        .rev()
+        .collect();
     format!("{head}{MARK}{tail}")
 }
 
@@ -185,7 +220,7 @@ mod tests {
             log(4, &long),
             log(5, &long),
         ];
-        let groups: Vec<Vec<u64>> = group_for_thread(&events, 2_800)
+        let groups: Vec<Vec<u64>> = group_for_thread(&events, limit(2_800))
             .iter()
             .map(|g| g.iter().map(|e| e.seq).collect())
             .collect();
@@ -195,9 +230,30 @@ mod tests {
     #[test]
     fn a_long_line_keeps_its_head_and_tail() {
         let line = format!("start{}end", "y".repeat(10_000));
-        let kept = cut(&line, 100);
+        let kept = cut(&line, limit(100));
         assert!(kept.chars().count() <= 100, "{kept}");
         assert!(kept.starts_with("start") && kept.ends_with("end"), "{kept}");
         assert!(kept.contains("[line cut]"));
+    }
+
+    fn limit(chars: usize) -> LogLimit {
+        LogLimit {
+            chars,
+            width: one_each,
+        }
+    }
+
+    #[test]
+    fn lines_are_measured_as_the_message_shows_them() {
+        let wide = LogLimit {
+            chars: 100,
+            width: |c| if c == '<' { 4 } else { 1 },
+        };
+        let line = format!("start{}end", "<".repeat(100));
+        let kept = cut(&line, wide);
+        assert!((96..=100).contains(&wide.width_of(&kept)), "{kept}");
+        assert!(kept.starts_with("start") && kept.ends_with("end"), "{kept}");
+        let events = vec![log(1, &"<".repeat(20)), log(2, &"<".repeat(20))];
+        assert_eq!(group_for_thread(&events, wide).len(), 2, "80 + 80 > 100");
     }
 }

@@ -23,28 +23,31 @@ const EMBED_TOTAL: usize = 6_000;
 
 /// Loads the Discord templates.
 pub fn load(templates: &Path) -> Result<Messages, MessageError> {
-    Messages::load(templates, "discord", discord_json_escape)
+    Messages::load(templates, "discord", markdown)
 }
 
 /// Escapes Discord markdown (each markup character gets a backslash), then for the inside of a
-/// JSON string. `_` is left alone: identifiers (run ids, input names) carry it, also in
-/// `custom_id`s, and at worst it italicises.
+/// JSON string.
 pub(crate) fn discord_json_escape(text: &str) -> String {
-    json_escape_with(text, |c| {
-        Some(match c {
-            '\\' => "\\\\",
-            '*' => "\\*",
-            '~' => "\\~",
-            '`' => "\\`",
-            '|' => "\\|",
-            '>' => "\\>",
-            '<' => "\\<",
-            '#' => "\\#",
-            '[' => "\\[",
-            ']' => "\\]",
-            '@' => "\\@",
-            _ => return None,
-        })
+    json_escape_with(text, markdown)
+}
+
+/// Discord markdown's escapes: a backslash before each markup character. `_` is left alone:
+/// identifiers (run ids, input names) carry it, also in `custom_id`s, and at worst it italicises.
+fn markdown(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\\' => "\\\\",
+        '*' => "\\*",
+        '~' => "\\~",
+        '`' => "\\`",
+        '|' => "\\|",
+        '>' => "\\>",
+        '<' => "\\<",
+        '#' => "\\#",
+        '[' => "\\[",
+        ']' => "\\]",
+        '@' => "\\@",
+        _ => return None,
     })
 }
 

@@ -18,7 +18,9 @@ use super::rest::{DiscordApi, DiscordApiError};
 use crate::app::{App, AppError};
 use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::Messages;
-use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
+use crate::chat::view::{
+    card_data, card_update_data, one_each, reply_data, request_data, LogLimit,
+};
 use crate::chat::{CardUpdate, Surface};
 use crate::core::ids::{self, Identity};
 use crate::core::run::{Run, RunEvent};
@@ -42,8 +44,12 @@ impl Surface for DiscordSurface {
     const ORIGIN: &'static str = super::ORIGIN;
     const THREADS: &'static str = "discord";
     const APPROVALS: &'static str = "discord-approvals";
-    /// Under Discord's 2,000 characters per message, with room for the code block.
-    const LOG_CHARS: usize = 1_900;
+    /// Under Discord's 2,000 characters per message, with room for the code block (where
+    /// nothing is escaped).
+    const LOG_LIMIT: LogLimit = LogLimit {
+        chars: 1_900,
+        width: one_each,
+    };
 
     fn app(&self) -> &App {
         &self.app
@@ -75,7 +81,7 @@ impl Surface for DiscordSurface {
         run: &Run,
         group: &[RunEvent],
     ) -> Result<Option<Value>, AppError> {
-        let mut data = reply_data(run, group, Self::LOG_CHARS, mention);
+        let mut data = reply_data(run, group, Self::LOG_LIMIT, mention);
         data["requester_id"] = json!(user_id(&run.created_by));
         if let Some(lines) = data["text"].as_str() {
             data["text"] = json!(code_block_json(lines));

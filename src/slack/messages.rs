@@ -5,21 +5,31 @@
 
 use std::path::Path;
 
-use crate::chat::messages::{json_escape_with, MessageError, Messages};
+use crate::chat::messages::{json_escape_with, shown_width, MessageError, Messages};
 
 /// Loads the Slack templates.
 pub fn load(templates: &Path) -> Result<Messages, MessageError> {
-    Messages::load(templates, "slack", slack_json_escape)
+    Messages::load(templates, "slack", mrkdwn)
 }
 
-/// Escapes text for mrkdwn, then for the inside of a JSON string.
-pub(crate) fn slack_json_escape(text: &str) -> String {
-    json_escape_with(text, |c| match c {
+/// mrkdwn's escapes: the three characters Slack asks apps to escape.
+fn mrkdwn(c: char) -> Option<&'static str> {
+    match c {
         '&' => Some("&amp;"),
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
         _ => None,
-    })
+    }
+}
+
+/// How long a character is in a message once escaped for mrkdwn (Slack's limits count that).
+pub(crate) fn mrkdwn_width(c: char) -> usize {
+    shown_width(mrkdwn, c)
+}
+
+/// Escapes text for mrkdwn, then for the inside of a JSON string.
+pub(crate) fn slack_json_escape(text: &str) -> String {
+    json_escape_with(text, mrkdwn)
 }
 
 #[cfg(test)]
@@ -36,6 +46,8 @@ mod tests {
             "new\nline\ttab",
             "*bold* _it_ `code` ~strike~ <https://evil|click>",
             &"x".repeat(10_000),
+            &"<".repeat(3_000),
+            &"&".repeat(3_000),
         ] {
             for (template, data) in [
                 ("error", json!({"message": hostile})),

@@ -22,14 +22,14 @@ use tokio::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::messages::slack_json_escape;
+use super::messages::{mrkdwn_width, slack_json_escape};
 use super::web_api::{SlackApi, SlackApiError};
 use crate::app::{App, AppError};
 use crate::chat::delivery::{card_shows, updated_card};
 use crate::chat::messages::{MessageText, Messages};
 use crate::chat::pace::Pace;
 use crate::chat::pace::Priority::{self, Bulk, Urgent};
-use crate::chat::view::{card_data, card_update_data, reply_data, request_data};
+use crate::chat::view::{card_data, card_update_data, reply_data, request_data, LogLimit};
 use crate::chat::{CardUpdate, Surface};
 use crate::core::ids::{Identity, RunId};
 use crate::core::run::{Run, RunEvent};
@@ -50,8 +50,11 @@ impl Surface for SlackSurface {
     const ORIGIN: &'static str = super::ORIGIN;
     const THREADS: &'static str = "slack";
     const APPROVALS: &'static str = "slack-approvals";
-    /// Under Slack's 3,000 characters per section.
-    const LOG_CHARS: usize = 2_800;
+    /// Under Slack's 3,000 characters per section, as escaped for mrkdwn.
+    const LOG_LIMIT: LogLimit = LogLimit {
+        chars: 2_800,
+        width: mrkdwn_width,
+    };
 
     fn app(&self) -> &App {
         &self.app
@@ -107,7 +110,7 @@ impl Surface for SlackSurface {
         run: &Run,
         group: &[RunEvent],
     ) -> Result<Option<Value>, AppError> {
-        let data = reply_data(run, group, Self::LOG_CHARS, mention);
+        let data = reply_data(run, group, Self::LOG_LIMIT, mention);
         let message = self
             .render("thread_reply", data)?
             .with("channel", &card["channel"])
