@@ -600,6 +600,78 @@ async fn backends_report_and_ended_runs_are_immutable() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
+/// Whatever goes wrong at the edge of /v1, the answer is the contract's JSON error.
+#[tokio::test]
+async fn malformed_requests_get_the_contracts_json_errors() {
+    let app = TestApp::spawn(&[]).await;
+    let runs = "/v1/actions/add-documentdb/runs";
+    // (method, path, content type, body, status, error code)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            "/v1/blueprints/%FF",
+            "application/json",
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            "application/json",
+            vec![],
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/v1/actions",
+            "application/json",
+            vec![],
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            runs,
+            "text/plain",
+            b"{}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            runs,
+            "application/json",
+            vec![b' '; 3_000_000],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            runs,
+            "application/json",
+            b"{".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let (got, answer) = app.send_raw(method, path, content_type, body).await;
+        assert_eq!(
+            (got, &answer["error"]),
+            (status, &json!(code)),
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert!(
+            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{answer}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn service_endpoints_answer() {
     let app = TestApp::spawn(&[]).await;

@@ -1,12 +1,12 @@
 //! Blueprints and entities: `/v1/blueprints/...`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Caller;
-use super::{ok, ApiError, ApiState, Body, Params};
+use super::{ok, ApiError, ApiState, Body, Params, Segments};
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 
@@ -36,7 +36,7 @@ pub async fn blueprints(State(state): State<ApiState>, _caller: Caller) -> Reply
 pub async fn blueprint(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(bp): Path<String>,
+    Segments(bp): Segments<String>,
 ) -> Reply {
     let id = blueprint_id(&state, &bp)?;
     let raw = state.app.blueprint(&id).map(|b| b.raw).unwrap_or_default();
@@ -46,7 +46,7 @@ pub async fn blueprint(
 pub async fn entities(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(bp): Path<String>,
+    Segments(bp): Segments<String>,
 ) -> Reply {
     let id = blueprint_id(&state, &bp)?;
     let all: Vec<Entity> = state.app.catalog().entities_of(&id).cloned().collect();
@@ -56,7 +56,7 @@ pub async fn entities(
 pub async fn entity(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path((bp, id)): Path<(String, String)>,
+    Segments((bp, id)): Segments<(String, String)>,
 ) -> Reply {
     let bp = blueprint_id(&state, &bp)?;
     let id = entity_id(&id)?;
@@ -81,7 +81,7 @@ pub struct UpsertQuery {
 pub async fn upsert_entity(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(bp): Path<String>,
+    Segments(bp): Segments<String>,
     Params(q): Params<UpsertQuery>,
     Body(mut body): Body<Value>,
 ) -> Reply {
@@ -122,7 +122,7 @@ pub async fn upsert_entity(
 pub async fn delete_entity(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path((bp, id)): Path<(String, String)>,
+    Segments((bp, id)): Segments<(String, String)>,
 ) -> Reply {
     let bp = blueprint_id(&state, &bp)?;
     state.app.delete_entity(&bp, &entity_id(&id)?).await?;

@@ -62,7 +62,16 @@ pub fn router(state: ApiState) -> Router {
             get(runs::logs).post(runs::add_log),
         )
         .route("/actions/runs/{run}/events", get(runs::events))
-        .route("/actions/runs/{run}/approval", patch(runs::decide));
+        .route("/actions/runs/{run}/approval", patch(runs::decide))
+        // Every answer under /v1 is the contract's JSON, also for what is not there.
+        .fallback(|| async { ApiError::not_found("there is no such endpoint under /v1") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        });
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(|| async { Json(json!({"ok": true})) }))
@@ -235,6 +244,34 @@ where
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| Body(v))
+            .map_err(|e| {
+                let code = match e.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "bad_request",
+                };
+                ApiError::new(e.status(), code, e.body_text())
+            })
+    }
+}
+
+/// Path segments whose rejections (one that is not UTF-8, say) are API errors.
+pub struct Segments<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Segments<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|path| Segments(path.0))
             .map_err(|e| ApiError::bad_request(e.body_text()))
     }
 }

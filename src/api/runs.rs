@@ -1,13 +1,13 @@
 //! Tokens, actions and runs: `/v1/auth`, `/v1/actions`, `/v1/actions/runs/...`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::auth::{issue, Caller};
-use super::{ok, ApiError, ApiState, Body, Params};
+use super::{ok, ApiError, ApiState, Body, Params, Segments};
 use crate::app::{RunPatch, RunRequest};
 use crate::core::action::RawInputs;
 use crate::core::ids::RunId;
@@ -108,7 +108,7 @@ pub struct CreateRun {
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(action): Path<String>,
+    Segments(action): Segments<String>,
     Body(body): Body<CreateRun>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
@@ -171,7 +171,7 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<Response, ApiError> {
     let run = state.app.run(&run_id(id)?)?;
     run_reply(&run)
@@ -197,7 +197,7 @@ pub enum Link {
 pub async fn update(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(body): Body<UpdateRun>,
 ) -> Result<Response, ApiError> {
     let patch = RunPatch {
@@ -224,7 +224,7 @@ pub struct AddLog {
 pub async fn add_log(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(body): Body<AddLog>,
 ) -> Result<Response, ApiError> {
     let run = state
@@ -250,7 +250,7 @@ pub struct After {
 pub async fn logs(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Params(After { after }): Params<After>,
 ) -> Reply {
     let logs: Vec<Value> = state
@@ -271,7 +271,7 @@ pub async fn logs(
 pub async fn events(
     State(state): State<ApiState>,
     _caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Params(After { after }): Params<After>,
 ) -> Reply {
     let events = state.app.events(&run_id(id)?, after)?;
@@ -287,7 +287,7 @@ pub struct DecideBody {
 pub async fn decide(
     State(state): State<ApiState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(body): Body<DecideBody>,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;

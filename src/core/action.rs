@@ -766,12 +766,18 @@ fn compile_on_success(
     OnSuccess { upsert, delete }
 }
 
-/// Up to three known names closest to what was typed, best first.
+/// Up to three known names closest to what was typed, best first. Nothing is close to a name
+/// longer than [`SUGGEST_UP_TO`] characters (and comparing one with every name would be slow).
 pub fn suggest<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> Vec<String> {
+    if given.chars().count() > SUGGEST_UP_TO {
+        return Vec::new();
+    }
+    let given = given.to_lowercase();
     let mut scored: Vec<(f64, &str)> = known
         .map(|k| {
-            let mut score = strsim::jaro_winkler(&given.to_lowercase(), &k.to_lowercase());
-            if !given.is_empty() && k.to_lowercase().contains(&given.to_lowercase()) {
+            let k_lower = k.to_lowercase();
+            let mut score = strsim::jaro_winkler(&given, &k_lower);
+            if !given.is_empty() && k_lower.contains(&given) {
                 score += 1.0;
             }
             (score, k)
@@ -784,6 +790,9 @@ pub fn suggest<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> Vec<Str
         .map(|(_, k)| k.to_owned())
         .collect()
 }
+
+/// The longest typed name [`suggest`] finds names close to.
+const SUGGEST_UP_TO: usize = 200;
 
 /// Inputs as they arrive: text pairs from chat and the CLI, or JSON from the API.
 #[derive(Debug, Clone)]
@@ -872,6 +881,16 @@ mod tests {
     use super::*;
     use crate::core::catalog::Blueprint;
     use serde_json::json;
+
+    #[test]
+    fn names_close_to_a_typed_one_are_suggested_unless_it_is_very_long() {
+        let known = ["mailer", "cart", "Mail-Relay"];
+        assert_eq!(
+            suggest("MAILR", known.into_iter()),
+            ["mailer", "Mail-Relay", "cart"]
+        );
+        assert!(suggest(&"m".repeat(201), known.into_iter()).is_empty());
+    }
 
     fn fixture() -> (Catalog, Directory) {
         let bp = Blueprint::parse(json!({"identifier": "Component"})).unwrap();

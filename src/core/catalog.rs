@@ -346,8 +346,12 @@ impl Catalog {
                         .is_some_and(|r| r.many);
                     match (many, merged.relations.get_mut(&name), value) {
                         (true, Some(Value::Array(have)), Value::Array(add)) => {
+                            // A set of what is there, so a long list costs its length, not its
+                            // square (the catalog is locked meanwhile).
+                            let mut there: std::collections::HashSet<String> =
+                                have.iter().map(Value::to_string).collect();
                             for v in add {
-                                if !have.contains(&v) {
+                                if there.insert(v.to_string()) {
                                     have.push(v);
                                 }
                             }
@@ -496,7 +500,7 @@ mod tests {
         ));
         let merged = c
             .plan_upsert(
-                entity(json!({"identifier": "mailer", "blueprint": "Component", "relations": {"resources": ["db2"]}})),
+                entity(json!({"identifier": "mailer", "blueprint": "Component", "relations": {"resources": ["db2", "db", "db2"]}})),
                 true,
             )
             .unwrap();
