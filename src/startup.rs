@@ -169,7 +169,10 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
     );
     let state = slack::SlackState {
         app: app.clone(),
-        verifier: Arc::new(slack::Verifier::new(signing_secret)),
+        verifier: Arc::new(slack::Verifier::new(
+            signing_secret,
+            chrono::Utc::now().timestamp(),
+        )),
         messages,
         api,
         command: settings.slack.command.clone(),
@@ -227,6 +230,7 @@ fn start_discord(settings: &Settings, app: &App) -> anyhow::Result<axum::Router>
         application_id,
         command: discord.command.clone(),
         answered: Arc::default(),
+        started: chrono::Utc::now().timestamp(),
         answer_within: answer_deadline("discord", discord.defer_after_ms)?,
     };
     if discord.gateway {

@@ -297,6 +297,36 @@ fn slack_env(dir: &Path, fake: &FakeSlack) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The signatures seen are in memory; a command replayed after a restart is refused all the same.
+#[tokio::test]
+async fn a_slack_command_replayed_after_a_restart_is_refused() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeSlack::start().await;
+    let dir = common::deployment(&[]);
+    let env = slack_env(dir.path(), &fake);
+    let addr = free_addr();
+    let server = start_with(dir.path(), addr, "a.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let body = form("UDEV", "add-documentdb mailer instances=2");
+    let signed_at = chrono::Utc::now().timestamp();
+    let command = "/slack/commands";
+    assert_eq!(
+        send_signed(&app, command, &body, signed_at, SECRET).await.0,
+        200
+    );
+    let (status, _) = send_signed(&app, command, &body, signed_at, SECRET).await;
+    assert_eq!(status, 401, "a replay");
+    server.kill();
+    // The next process starts in a later second than the signature's.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let _server = start_with(dir.path(), addr, "b.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (status, answer) = send_signed(&app, command, &body, signed_at, SECRET).await;
+    assert_eq!(status, 401, "{answer}");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
+
 #[tokio::test]
 async fn slack_steps_survive_a_kill() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -464,15 +494,11 @@ async fn a_card_update_held_back_by_slacks_limit_is_made_after_a_kill() {
     assert_eq!(thread.matches("your run ended").count(), 1, "{thread}");
 }
 
-#[tokio::test]
-async fn discord_steps_survive_a_kill() {
-    use common::discord::{self as discord, FakeDiscord, APPROVALS, CHANNEL};
-    use std::sync::atomic::Ordering::SeqCst;
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let fake = FakeDiscord::start().await;
-    let dir = common::deployment(&[]);
-    let config = teams_file(dir.path(), "discord_users", discord::DEV, discord::OPS);
-    let env = vec![
+/// The environment of a portbot with Discord against `fake`.
+fn discord_env(dir: &Path, fake: &common::discord::FakeDiscord) -> Vec<(&'static str, String)> {
+    use common::discord::{self as discord, APPROVALS};
+    let config = teams_file(dir, "discord_users", discord::DEV, discord::OPS);
+    vec![
         ("PORTBOT_CONFIG", config.display().to_string()),
         ("PORTBOT__DISCORD__ENABLED", "true".to_owned()),
         ("PORTBOT__DISCORD__BOT_TOKEN", discord::BOT_TOKEN.to_owned()),
@@ -486,7 +512,48 @@ async fn discord_steps_survive_a_kill() {
         ),
         ("PORTBOT__DISCORD__API_URL", fake.api_url()),
         ("PORTBOT__DISCORD__APPROVAL_CHANNEL", APPROVALS.to_owned()),
-    ];
+    ]
+}
+
+/// Discord's repeats are caught in memory; one replayed after a restart is refused all the same.
+#[tokio::test]
+async fn a_discord_command_replayed_after_a_restart_is_refused() {
+    use common::discord::{self as discord, FakeDiscord};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = common::deployment(&[]);
+    let env = discord_env(dir.path(), &fake);
+    let addr = free_addr();
+    let server = start_with(dir.path(), addr, "a.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let command = discord::command(
+        discord::DEV,
+        "add-documentdb",
+        Some("mailer"),
+        Some("instances=2"),
+    );
+    let signed_at = chrono::Utc::now().timestamp();
+    let (status, answer) = discord::send_signed(&app, &command, signed_at).await;
+    assert_eq!(status, 200, "{answer}");
+    server.kill();
+    // The next process starts in a later second than the signature's.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let _server = start_with(dir.path(), addr, "b.log", &env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (status, answer) = discord::send_signed(&app, &command, signed_at).await;
+    assert_eq!(status, 401, "{answer}");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
+
+#[tokio::test]
+async fn discord_steps_survive_a_kill() {
+    use common::discord::{self as discord, FakeDiscord, APPROVALS, CHANNEL};
+    use std::sync::atomic::Ordering::SeqCst;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let fake = FakeDiscord::start().await;
+    let dir = common::deployment(&[]);
+    let env = discord_env(dir.path(), &fake);
     let addr = free_addr();
     let server = start_with(dir.path(), addr, "a.log", &env).await;
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;

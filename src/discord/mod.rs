@@ -82,6 +82,10 @@ pub struct DiscordState {
     /// The application command's name (`port`), for help texts.
     pub command: String,
     pub answered: Arc<Answered>,
+    /// When the process started (Unix seconds). [`Answered`] is in memory, so an interaction
+    /// signed earlier is refused: the process before may have taken it (Discord does not send
+    /// one again, so only a replay, or one caught in transit by the restart, is refused).
+    pub started: i64,
     /// Discord waits 3 seconds for the first response; past this portbot defers.
     pub answer_within: Duration,
 }
@@ -215,7 +219,13 @@ fn verify(state: &DiscordState, headers: &HeaderMap, body: &[u8]) -> Result<(), 
         .as_ref()
         .ok_or("no public key is configured")?
         .verify(signature, timestamp, body)
-        .map_err(|()| "bad signature")
+        .map_err(|()| "bad signature")?;
+    match at < state.started {
+        true => {
+            Err("the request was signed before portbot started; it may have been received before")
+        }
+        false => Ok(()),
+    }
 }
 
 /// The answer to a command, a button or a form, as Discord's interaction response.

@@ -3,7 +3,10 @@
 //!
 //! Written here rather than taken from slack-morphism because its verifier reads the real clock,
 //! which rules out testing against Slack's published example, and this one also refuses a
-//! signature seen before (a replay inside the window).
+//! signature seen before (a replay inside the window). The signatures seen are kept in memory
+//! only, so a request signed before this process started is refused as well: it may have been
+//! taken by the process before (Slack does not send a command or a click again, so only a
+//! replay, or a request caught in transit by the restart, is refused this way).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -26,11 +29,15 @@ pub enum SignatureError {
     Mismatch,
     #[error("this signed request was already received")]
     Replayed,
+    #[error("this request was signed before portbot started; it may have been received before")]
+    BeforeStart,
 }
 
 pub struct Verifier {
     secret: Secret,
     seen: Mutex<Seen>,
+    /// When the process started (Unix seconds): requests signed earlier are refused.
+    not_before: i64,
 }
 
 /// Signatures accepted within the window, as the MACs they decode to (so `A2` and `a2`, which
@@ -47,10 +54,12 @@ struct Seen {
 type Mac256 = [u8; 32];
 
 impl Verifier {
-    pub fn new(secret: Secret) -> Verifier {
+    /// A verifier for requests signed with `secret` from `started` (Unix seconds) on.
+    pub fn new(secret: Secret, started: i64) -> Verifier {
         Verifier {
             secret,
             seen: Mutex::default(),
+            not_before: started,
         }
     }
 
@@ -84,6 +93,9 @@ impl Verifier {
         // verify_slice compares in constant time.
         mac.verify_slice(&given)
             .map_err(|_| SignatureError::Mismatch)?;
+        if at < self.not_before {
+            return Err(SignatureError::BeforeStart);
+        }
         let mut seen = self.seen.lock().expect("replay cache poisoned");
         while let Some((expiry, _)) = seen.expiries.front() {
             if *expiry >= now {
@@ -106,7 +118,10 @@ mod tests {
     use super::*;
 
     fn verifier(secret: &str) -> Verifier {
-        Verifier::new(serde_json::from_value(serde_json::json!(secret)).unwrap())
+        Verifier::new(
+            serde_json::from_value(serde_json::json!(secret)).unwrap(),
+            0,
+        )
     }
 
     /// Slack's published example (PROTOCOL-NOTES §2).
@@ -169,6 +184,28 @@ mod tests {
         assert_eq!(check(&upper), Ok(()));
         assert_eq!(check(&lower), Err(SignatureError::Replayed));
         assert_eq!(check(&upper), Err(SignatureError::Replayed));
+    }
+
+    #[test]
+    fn a_request_signed_before_the_process_started_is_refused() {
+        let at = 1_700_000_000;
+        let v = Verifier::new(
+            serde_json::from_value(serde_json::json!("secret")).unwrap(),
+            at,
+        );
+        let check = |timestamp: i64| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
+            mac.update(format!("v0:{timestamp}:body").as_bytes());
+            let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+            v.verify(
+                Some(&timestamp.to_string()),
+                Some(&signature),
+                b"body",
+                at + 1,
+            )
+        };
+        assert_eq!(check(at - 1), Err(SignatureError::BeforeStart));
+        assert_eq!(check(at), Ok(()));
     }
 
     #[test]
