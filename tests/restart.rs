@@ -297,6 +297,28 @@ fn slack_env(dir: &Path, fake: &FakeSlack) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Kills `server` and starts the next one on the same store, in a later second than anything
+/// signed before the kill; with a client of it.
+async fn restarted_a_second_later(
+    server: Server,
+    dir: &Path,
+    addr: SocketAddr,
+    env: &[(&str, String)],
+) -> (Server, TestApp) {
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let server = start_with(dir, addr, "b.log", env).await;
+    (
+        server,
+        TestApp::connect(addr, tempfile::tempdir().unwrap()).await,
+    )
+}
+
+async fn assert_one_run(app: &TestApp) {
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+}
+
 /// The signatures seen are in memory; a command replayed after a restart is refused all the same.
 #[tokio::test]
 async fn a_slack_command_replayed_after_a_restart_is_refused() {
@@ -316,15 +338,10 @@ async fn a_slack_command_replayed_after_a_restart_is_refused() {
     );
     let (status, _) = send_signed(&app, command, &body, signed_at, SECRET).await;
     assert_eq!(status, 401, "a replay");
-    server.kill();
-    // The next process starts in a later second than the signature's.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let _server = start_with(dir.path(), addr, "b.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = restarted_a_second_later(server, dir.path(), addr, &env).await;
     let (status, answer) = send_signed(&app, command, &body, signed_at, SECRET).await;
     assert_eq!(status, 401, "{answer}");
-    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
-    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_one_run(&app).await;
 }
 
 #[tokio::test]
@@ -535,15 +552,10 @@ async fn a_discord_command_replayed_after_a_restart_is_refused() {
     let signed_at = chrono::Utc::now().timestamp();
     let (status, answer) = discord::send_signed(&app, &command, signed_at).await;
     assert_eq!(status, 200, "{answer}");
-    server.kill();
-    // The next process starts in a later second than the signature's.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let _server = start_with(dir.path(), addr, "b.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = restarted_a_second_later(server, dir.path(), addr, &env).await;
     let (status, answer) = discord::send_signed(&app, &command, signed_at).await;
     assert_eq!(status, 401, "{answer}");
-    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
-    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    assert_one_run(&app).await;
 }
 
 #[tokio::test]
