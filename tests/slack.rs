@@ -748,6 +748,43 @@ async fn log_lines_full_of_escaped_characters_keep_within_slacks_limits() {
     );
 }
 
+/// A reply Slack refuses as too long, below its documented limits, becomes a short note that
+/// says where the whole log is, and the thread goes on.
+#[tokio::test]
+async fn a_reply_slack_refuses_as_too_long_becomes_a_short_note() {
+    let receiver = Receiver::start().await;
+    let fake = FakeSlack::start().await;
+    let app = hook_app(&receiver, &fake, 0).await;
+    let (run, _) = hook_run_with_card(&app, &fake).await;
+    *fake.refuse_blocks_over.lock().unwrap() = Some(1_000);
+    let logs = format!("/v1/actions/runs/{run}/logs");
+    let line = format!("start{}end", "x".repeat(1_500));
+    let (status, body) = app
+        .backend("POST", &logs, Some(json!({"message": line})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.patch_run(&run, json!({"status": "SUCCESS"})).await;
+    assert_eq!(status, 200, "{body}");
+    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let note = calls
+        .iter()
+        .find(|c| {
+            c.body["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("refused this reply"))
+        })
+        .unwrap_or_else(|| panic!("no note: {calls:?}"));
+    let text = note.body["text"].as_str().unwrap();
+    assert!(text.contains(&format!("portbot logs {run}")), "{text}");
+    assert!(text.contains("startxxx") && text.contains('…'), "{text}");
+    assert!(
+        note.body["thread_ts"].is_string(),
+        "in the thread: {:?}",
+        note.body
+    );
+    assert!(mentions(&calls, "your run ended"), "the thread went on");
+}
+
 #[tokio::test]
 async fn an_approval_request_is_updated_ahead_of_the_cards_waiting_for_their_turn() {
     let receiver = Receiver::start().await;

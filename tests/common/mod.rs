@@ -514,6 +514,9 @@ pub struct FakeSlack {
     pub refuse_next: Arc<std::sync::atomic::AtomicUsize>,
     /// While set to (method, error), answer every call of the method with `{"ok": false, error}`.
     pub refuse_method: Arc<Mutex<Option<(String, String)>>>,
+    /// While set, a message whose blocks take more than this many characters (as JSON) is
+    /// refused with `msg_blocks_too_long`, as Slack has done below its documented limits.
+    pub refuse_blocks_over: Arc<Mutex<Option<usize>>>,
     /// The channels of the calls `refuse_method` refused, in order.
     pub refused_in: Arc<Mutex<Vec<String>>>,
     /// Answer this many next calls with HTTP 503.
@@ -557,6 +560,7 @@ impl FakeSlack {
             refuse_next: Arc::default(),
             refuse_method: Arc::default(),
             refused_in: Arc::default(),
+            refuse_blocks_over: Arc::default(),
             fail_next: Arc::default(),
             down_for_token: Arc::default(),
             not_in: Arc::default(),
@@ -627,6 +631,13 @@ impl FakeSlack {
                                     body: body.clone(),
                                 });
                                 return axum::Json(json!({"ok": true, "url": url})).into_response();
+                            }
+                            let blocks_over = *state.refuse_blocks_over.lock().unwrap();
+                            if blocks_over.is_some_and(|most| {
+                                body.get("blocks")
+                                    .is_some_and(|b| b.to_string().len() > most)
+                            }) {
+                                return refuse("msg_blocks_too_long");
                             }
                             if let Some(problem) = limits_broken(&method, &body) {
                                 state.invalid.fetch_add(1, SeqCst);
