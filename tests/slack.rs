@@ -587,11 +587,7 @@ async fn the_run_card_and_its_thread_follow_the_run() {
         0,
         "portbot kept Slack's pace per channel"
     );
-    assert_eq!(
-        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "every message kept Slack's limits"
-    );
+    fake.assert_within_limits();
 }
 
 #[tokio::test]
@@ -709,6 +705,26 @@ async fn card_updates_past_slacks_limit_wait_their_turn_while_the_thread_goes_on
     assert_eq!(thread.matches("your run ended").count(), 1, "{thread}");
 }
 
+/// The backend of `run` logs `lines` and ends it with SUCCESS: Slack's calls once the thread
+/// says it ended.
+async fn log_then_end(
+    app: &TestApp,
+    fake: &FakeSlack,
+    run: &str,
+    lines: &[String],
+) -> Vec<common::SlackCall> {
+    let logs = format!("/v1/actions/runs/{run}/logs");
+    for line in lines {
+        let (status, body) = app
+            .backend("POST", &logs, Some(json!({"message": line})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = app.patch_run(run, json!({"status": "SUCCESS"})).await;
+    assert_eq!(status, 200, "{body}");
+    fake.calls_when(|c| mentions(c, "your run ended")).await
+}
+
 /// Log lines of characters mrkdwn escapes (`<` is `&lt;`) are measured as Slack counts them:
 /// each message keeps within 3,000 characters, and no line is lost.
 #[tokio::test]
@@ -720,16 +736,7 @@ async fn log_lines_full_of_escaped_characters_keep_within_slacks_limits() {
     let mut lines: Vec<String> = (0..3).map(|n| format!("{n}{}", "<".repeat(600))).collect();
     lines.push(format!("long{}end", "&".repeat(2_000)));
     lines.push("a -> b && c".into());
-    for line in &lines {
-        let logs = format!("/v1/actions/runs/{run}/logs");
-        let (status, body) = app
-            .backend("POST", &logs, Some(json!({"message": line})))
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let (status, body) = app.patch_run(&run, json!({"status": "SUCCESS"})).await;
-    assert_eq!(status, 200, "{body}");
-    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let calls = log_then_end(&app, &fake, &run, &lines).await;
     let (_, thread) = common::card_thread(&calls, "C123");
     for n in 0..3 {
         let escaped = format!("{n}{}", "&lt;".repeat(600));
@@ -741,11 +748,7 @@ async fn log_lines_full_of_escaped_characters_keep_within_slacks_limits() {
     );
     assert!(thread.contains("[line cut]"), "the cut is marked");
     assert!(thread.contains("a -&gt; b &amp;&amp; c"));
-    assert_eq!(
-        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "every message kept Slack's limits"
-    );
+    fake.assert_within_limits();
 }
 
 /// A reply Slack refuses as too long, below its documented limits, becomes a short note that
@@ -757,15 +760,8 @@ async fn a_reply_slack_refuses_as_too_long_becomes_a_short_note() {
     let app = hook_app(&receiver, &fake, 0).await;
     let (run, _) = hook_run_with_card(&app, &fake).await;
     *fake.refuse_blocks_over.lock().unwrap() = Some(1_000);
-    let logs = format!("/v1/actions/runs/{run}/logs");
     let line = format!("start{}end", "x".repeat(1_500));
-    let (status, body) = app
-        .backend("POST", &logs, Some(json!({"message": line})))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = app.patch_run(&run, json!({"status": "SUCCESS"})).await;
-    assert_eq!(status, 200, "{body}");
-    let calls = fake.calls_when(|c| mentions(c, "your run ended")).await;
+    let calls = log_then_end(&app, &fake, &run, &[line]).await;
     let note = calls
         .iter()
         .find(|c| {
@@ -1619,11 +1615,7 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
         shown.windows(2).all(|pair| pair[0] != pair[1]),
         "the card was sent unchanged: {shown:#?}"
     );
-    assert_eq!(
-        fake.invalid.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "every message kept Slack's limits"
-    );
+    fake.assert_within_limits();
 
     // The catalog: mailer gained a DocumentDB resource built from the inputs.
     let (status, resource) = app.entity("Resource", "mailer-documentdb").await;

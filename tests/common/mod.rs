@@ -730,6 +730,12 @@ impl FakeSlack {
         format!("http://{}/api/", self.addr)
     }
 
+    /// Fails the test if portbot sent anything that broke Slack's message limits.
+    pub fn assert_within_limits(&self) {
+        let broken = self.invalid.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(broken, 0, "{broken} messages broke Slack's limits");
+    }
+
     pub fn calls(&self) -> Vec<SlackCall> {
         self.calls.lock().unwrap().clone()
     }
