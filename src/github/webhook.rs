@@ -64,10 +64,12 @@ impl Seen {
     }
 
     /// Forgets a delivery id, so the same delivery is taken when GitHub sends it again. (Its
-    /// place in `order` stays: should it come back, it is forgotten a little early, when that
-    /// first place falls out.)
+    /// place in `order` goes too, so that when it comes back it is kept its full time; this
+    /// walks `order`, which only a failure to record an event pays for.)
     fn forget(&mut self, id: &str) {
-        self.ids.remove(id);
+        if self.ids.remove(id) {
+            self.order.retain(|kept| kept != id);
+        }
     }
 }
 
@@ -212,6 +214,11 @@ mod tests {
         assert!(!seen.first_time("d1"));
         seen.forget("d1");
         assert!(seen.first_time("d1"));
+        assert_eq!(
+            seen.order,
+            ["d1"],
+            "one place in the order, kept its full time"
+        );
     }
 
     #[test]
