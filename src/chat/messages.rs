@@ -25,6 +25,23 @@ pub fn shown_width(markup: Markup, c: char) -> usize {
     markup(c).map_or(1, |replacement| replacement.chars().count())
 }
 
+/// The longest start of `chars` whose widths add up to at most `budget`.
+pub fn fitting(
+    chars: impl Iterator<Item = char>,
+    mut budget: usize,
+    width: impl Fn(char) -> usize,
+) -> Vec<char> {
+    chars
+        .take_while(|c| match budget.checked_sub(width(*c)) {
+            Some(left) => {
+                budget = left;
+                true
+            }
+            None => false,
+        })
+        .collect()
+}
+
 /// `{{truncate text max}}`: `text`, cut with `…` so that it is at most `max` characters once
 /// escaped (the helper's result is escaped as any value is).
 struct Truncate(Markup);
@@ -37,13 +54,8 @@ impl HelperDef for Truncate {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let param = |at: usize, name: &str, kind: &str| {
-            helper.param(at).map(|p| p.value()).ok_or_else(|| {
-                RenderErrorReason::ParamTypeMismatchForName("truncate", name.into(), kind.into())
-            })
-        };
-        let text = param(0, "text", "str")?.as_str();
-        let max = param(1, "max", "u64")?.as_u64();
+        let text = helper.param(0).and_then(|p| p.value().as_str());
+        let max = helper.param(1).and_then(|p| p.value().as_u64());
         let (Some(text), Some(max)) = (text, max) else {
             return Err(RenderErrorReason::ParamTypeMismatchForName(
                 "truncate",
@@ -57,16 +69,8 @@ impl HelperDef for Truncate {
         if text.chars().map(width).sum::<usize>() <= max {
             return Ok(ScopedJson::Derived(Value::from(text)));
         }
-        let mut budget = max.saturating_sub(1);
-        let mut cut: String = text
-            .chars()
-            .take_while(|c| match budget.checked_sub(width(*c)) {
-                Some(left) => {
-                    budget = left;
-                    true
-                }
-                None => false,
-            })
+        let mut cut: String = fitting(text.chars(), max.saturating_sub(1), width)
+            .into_iter()
             .collect();
         cut.push('…');
         Ok(ScopedJson::Derived(Value::from(cut)))

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use super::messages::fitting;
 use crate::api::run_json;
 use crate::core::ids::Identity;
 use crate::core::run::{ApprovalStatus, EventKind, Run, RunEvent};
@@ -103,19 +104,6 @@ impl LogLimit {
     fn width_of(&self, text: &str) -> usize {
         text.chars().map(self.width).sum()
     }
-
-    /// The longest start of `chars` that fits in `budget`.
-    fn fitting(&self, chars: impl Iterator<Item = char>, mut budget: usize) -> Vec<char> {
-        chars
-            .take_while(|c| match budget.checked_sub((self.width)(*c)) {
-                Some(left) => {
-                    budget = left;
-                    true
-                }
-                None => false,
-            })
-            .collect()
-    }
 }
 
 /// Every character counts one.
@@ -180,9 +168,10 @@ fn cut(line: &str, limit: LogLimit) -> String {
     }
     const MARK: &str = " … [line cut] … ";
     let keep = limit.chars.saturating_sub(limit.width_of(MARK));
-    let head: String = limit.fitting(line.chars(), keep / 2).into_iter().collect();
-    let tail: String = limit
-        .fitting(line.chars().rev(), keep - keep / 2)
+    let head: String = fitting(line.chars(), keep / 2, limit.width)
+        .into_iter()
+        .collect();
+    let tail: String = fitting(line.chars().rev(), keep - keep / 2, limit.width)
         .into_iter()
         .rev()
         .collect();

@@ -220,12 +220,12 @@ fn verify(state: &DiscordState, headers: &HeaderMap, body: &[u8]) -> Result<(), 
         .ok_or("no public key is configured")?
         .verify(signature, timestamp, body)
         .map_err(|()| "bad signature")?;
-    match at < state.started {
-        true => {
-            Err("the request was signed before portbot started; it may have been received before")
-        }
-        false => Ok(()),
+    if at < state.started {
+        return Err(
+            "the request was signed before portbot started; it may have been received before",
+        );
     }
+    Ok(())
 }
 
 /// The answer to a command, a button or a form, as Discord's interaction response.
