@@ -183,6 +183,7 @@ async fn fan_out(runs: usize, lines: usize, configure: impl FnOnce(&mut Settings
                 inputs: RawInputs::Text(vec![]),
                 origin: "SLACK",
                 channel: Some(&channel),
+                received: None,
             })
             .await
             .unwrap();

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::github::{gitops_on_github, send_event, FakeGitHub, REPO, TOKEN, WEBHOOK_SECRET};
+use common::github::{
+    gitops_on_github, send_delivery, send_event, FakeGitHub, REPO, TOKEN, WEBHOOK_SECRET,
+};
 use common::{action, TestApp};
 use serde_json::{json, Value};
 
@@ -99,13 +101,21 @@ async fn a_pull_request_is_opened_and_its_merge_through_the_webhook_ends_the_run
         "name": "terraform-plan", "status": "completed", "conclusion": "success",
         "html_url": "https://github.example/acme/infra/runs/7",
         "check_suite": {"head_branch": branch}}});
-    let (status, _) = send_event(&app.base, "check_run", &check, WEBHOOK_SECRET).await;
+    let delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    let (status, _) = send_delivery(&app.base, "check_run", &check, WEBHOOK_SECRET, delivery).await;
     assert_eq!(status, 200);
     let current = app.run(&run).await;
     assert_eq!(current["statusLabel"], "terraform-plan: success");
-    assert!(app.log_lines(&run).await.contains(
-        &"CI terraform-plan: success (https://github.example/acme/infra/runs/7)".to_owned()
-    ));
+    let plan = "CI terraform-plan: success (https://github.example/acme/infra/runs/7)";
+    // The same delivery again (GitHub redelivers it with the same id): taken once.
+    let (status, body) =
+        send_delivery(&app.base, "check_run", &check, WEBHOOK_SECRET, delivery).await;
+    assert_eq!(
+        (status, &body["message"]),
+        (200, &json!("this delivery was received before"))
+    );
+    let logs = app.log_lines(&run).await;
+    assert_eq!(logs.iter().filter(|l| *l == plan).count(), 1, "{logs:?}");
 
     // A forged event changes nothing.
     let merged = json!({"action": "closed", "pull_request": fake.close_pull(&branch, true)});

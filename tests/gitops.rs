@@ -8,7 +8,7 @@
 mod common;
 
 use common::git::{terraform_fmt_check, BareRepo};
-use common::slack::{form, form_answered_at, send_signed, submission, SECRET};
+use common::slack::{form, form_answered_at, send_signed, submission, trigger_of, SECRET};
 use common::{mentions, FakeSlack, TestApp};
 use serde_json::{json, Value};
 
@@ -375,23 +375,18 @@ async fn a_slack_form_refused_after_it_closed_tells_the_user_why() {
             json!({"instances": 3}),
         )
         .await;
+    let typed = form_answered_at(
+        "UDEV",
+        "add-documentdb-gitops mailer",
+        &slack.response_url(),
+    );
     slack
         .triggers
         .lock()
         .unwrap()
-        .insert("123.456.abc".into(), std::time::Instant::now());
-    let (status, _) = send_signed(
-        &app,
-        "/slack/commands",
-        &form_answered_at(
-            "UDEV",
-            "add-documentdb-gitops mailer",
-            &slack.response_url(),
-        ),
-        chrono::Utc::now().timestamp(),
-        SECRET,
-    )
-    .await;
+        .insert(trigger_of(&typed), std::time::Instant::now());
+    let now = chrono::Utc::now().timestamp();
+    let (status, _) = send_signed(&app, "/slack/commands", &typed, now, SECRET).await;
     assert_eq!(status, 200);
     let calls = slack
         .calls_when(|calls| calls.iter().any(|c| c.method == "views.open"))

@@ -1,11 +1,12 @@
 //! The durable outbox as a chat adapter will use it: every event reaches a consumer in order per
-//! run, and a store reopened after a stop resumes exactly after the last confirmed delivery.
+//! run, and a store reopened after a stop resumes exactly after the last confirmed delivery
+//! (and still knows the inbound deliveries it took).
 
 mod common;
 
 use std::time::Duration;
 
-use portbot::app::{App, Consumer, Delivery, Pending, RunRequest};
+use portbot::app::{App, AppError, Consumer, Delivery, Pending, Received, RunRequest};
 use portbot::core::action::RawInputs;
 use portbot::core::ids::{Identity, RunId};
 use portbot::core::run::EventKind;
@@ -40,6 +41,7 @@ fn two_instances(dev: &Identity) -> RunRequest<'_> {
         inputs: RawInputs::Text(vec![("instances".into(), "2".into())]),
         origin: "TEST",
         channel: None,
+        received: None,
     }
 }
 
@@ -209,4 +211,42 @@ async fn a_delivery_recorded_from_an_old_reading_keeps_what_changed_since() {
         stored.last_seq,
         app.events(&run, 0).unwrap().last().unwrap().seq
     );
+}
+
+#[tokio::test]
+async fn deliveries_taken_are_known_again_after_a_restart() {
+    let dir = common::deployment(&[]);
+    let dev = Identity::try_from("dev@example.com").unwrap();
+    let asked = || RunRequest {
+        received: Some(Received::Delivery("slack:1.2.three")),
+        ..two_instances(&dev)
+    };
+    fn repeated<T>(result: Result<T, AppError>) -> Option<RunId> {
+        match result {
+            Err(AppError::Repeated(repeated)) => repeated.run,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("taken twice"),
+        }
+    }
+    let run;
+    {
+        let app = open(dir.path()).await;
+        run = app.request_run(asked()).await.unwrap().id;
+        assert_eq!(repeated(app.request_run(asked()).await), Some(run.clone()));
+        let event = app.claim_delivery("github:d1").unwrap();
+        assert!(matches!(
+            app.claim_delivery("github:d1"),
+            Err(AppError::Repeated(_))
+        ));
+        app.keep_delivery(event).await.unwrap();
+        // A claim not kept (the work failed) is taken again.
+        drop(app.claim_delivery("github:d2").unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let app = open(dir.path()).await;
+    assert_eq!(repeated(app.request_run(asked()).await), Some(run));
+    assert_eq!(repeated(app.claim_delivery("github:d1")), None);
+    assert!(app.claim_delivery("github:d2").is_ok());
+    assert_eq!(app.runs(10, false, |_| true).unwrap().len(), 1);
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::slack::{
     card_updates, click, decline_submission, form, form_answered_at, label_then_end, send_signed,
-    signature, submission, BOT_TOKEN, SECRET,
+    signature, submission, trigger_of, BOT_TOKEN, SECRET,
 };
 use common::{mentions, verify_port_signature, FakeSlack, Receiver, TestApp};
 use serde_json::{json, Value};
@@ -59,6 +59,33 @@ fn all_text(reply: &Value) -> String {
 async fn run_count(app: &TestApp) -> usize {
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
     body["runs"].as_array().unwrap().len()
+}
+
+/// Slack documents no retries of slash commands, but a copy of one (same `trigger_id`, signed
+/// anew) is answered with the run the first one made, and makes no second.
+#[tokio::test]
+async fn a_command_that_comes_twice_makes_one_run() {
+    let app = slack_app().await;
+    let typed = form("UDEV", "add-documentdb mailer instances=3");
+    let now = chrono::Utc::now().timestamp();
+    let (status, first) = post_signed(&app, &typed, now, SECRET).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = post_signed(&app, &typed, now + 1, SECRET).await;
+    assert_eq!(status, 200, "{again}");
+    let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs}");
+    let run = runs["runs"][0]["id"].as_str().unwrap();
+    assert!(first.contains(run), "{first}");
+    let again: Value = serde_json::from_str(&again).unwrap();
+    let shown = all_text(&again);
+    assert_eq!(again["response_type"], "ephemeral");
+    assert!(
+        shown.contains("received already") && shown.contains(run),
+        "{shown}"
+    );
+    // Another command (its own trigger_id) is a run of its own.
+    command(&app, "UDEV", "add-documentdb mailer instances=3").await;
+    assert_eq!(run_count(&app).await, 2);
 }
 
 #[tokio::test]
@@ -218,11 +245,11 @@ async fn forms_show_their_problems_at_once_and_close_while_the_rest_goes_on() {
     let fake = FakeSlack::start().await;
     // 0: no answer is ever waited for: only what is checked without waiting is answered.
     let app = slack_app_tweaked(&fake, |s| s.slack.defer_after_ms = 0).await;
+    let form = form_answered_at("UDEV", "add-documentdb mailer", &fake.response_url());
     fake.triggers
         .lock()
         .unwrap()
-        .insert("123.456.abc".into(), std::time::Instant::now());
-    let form = form_answered_at("UDEV", "add-documentdb mailer", &fake.response_url());
+        .insert(trigger_of(&form), std::time::Instant::now());
     let (status, _) = post_signed(&app, &form, chrono::Utc::now().timestamp(), SECRET).await;
     assert_eq!(status, 200);
     let opened = |calls: &[common::SlackCall]| {
@@ -1016,17 +1043,12 @@ async fn post_interaction_reply(app: &TestApp, body: &str) -> (u16, String) {
 async fn missing_inputs_open_a_form_whose_errors_show_in_place() {
     let fake = FakeSlack::start().await;
     let app = slack_app_with(&fake).await;
+    let command = form("UDEV", "add-documentdb mailer");
     fake.triggers
         .lock()
         .unwrap()
-        .insert("123.456.abc".into(), std::time::Instant::now());
-    let (status, body) = post_signed(
-        &app,
-        &form("UDEV", "add-documentdb mailer"),
-        chrono::Utc::now().timestamp(),
-        SECRET,
-    )
-    .await;
+        .insert(trigger_of(&command), std::time::Instant::now());
+    let (status, body) = post_signed(&app, &command, chrono::Utc::now().timestamp(), SECRET).await;
     assert_eq!(
         (status, body.as_str()),
         (200, ""),
@@ -1037,7 +1059,7 @@ async fn missing_inputs_open_a_form_whose_errors_show_in_place() {
         .into_iter()
         .find(|c| c.method == "views.open")
         .expect("views.open");
-    assert_eq!(open.body["trigger_id"], "123.456.abc");
+    assert_eq!(open.body["trigger_id"], trigger_of(&command));
     let view = &open.body["view"];
     assert_eq!(view["callback_id"], "portbot_inputs");
     let field = view["blocks"]
@@ -1068,12 +1090,28 @@ async fn missing_inputs_open_a_form_whose_errors_show_in_place() {
     let (_, body) = post_interaction_reply(&app, &submission("UOPS", &key, value("3"))).await;
     assert!(body.contains("expired"), "{body}");
 
-    let (status, body) = post_interaction_reply(&app, &submission("UDEV", &key, value("3"))).await;
+    // Submitted four times at once (a double click, copies from Slack, each signed anew): one run.
+    let submitted = submission("UDEV", &key, value("3"));
+    let now = chrono::Utc::now().timestamp();
+    let answers = futures_util::future::join_all(
+        (0..4).map(|n| send_signed(&app, "/slack/interactions", &submitted, now + n, SECRET)),
+    )
+    .await;
+    assert_eq!(run_count(&app).await, 1, "{answers:?}");
+    let closed = answers
+        .iter()
+        .filter(|(status, body)| (*status, body.as_str()) == (200, ""));
     assert_eq!(
-        (status, body.as_str()),
-        (200, ""),
-        "an empty 200 closes the form"
+        closed.count(),
+        1,
+        "an empty 200 closes the form: {answers:?}"
     );
+    for (_, body) in answers.iter().filter(|(_, body)| !body.is_empty()) {
+        assert!(
+            body.contains("received already") || body.contains("expired"),
+            "{body}"
+        );
+    }
     let (_, runs) = app.admin("GET", "/v1/actions/runs", None, None).await;
     assert_eq!(runs["runs"][0]["properties"]["instances"], 3);
     assert_eq!(runs["runs"][0]["createdBy"], "slack:UDEV");
@@ -1468,11 +1506,14 @@ async fn a_form_that_cannot_open_in_time_says_what_is_missing() {
     let app = slack_app_with(&fake).await;
     // Slack's trigger_id lives 3 s; this one is already stale when the command arrives.
     let stale = std::time::Instant::now() - std::time::Duration::from_secs(4);
+    let typed = form("UDEV", "add-documentdb mailer");
     fake.triggers
         .lock()
         .unwrap()
-        .insert("123.456.abc".into(), stale);
-    let reply = command(&app, "UDEV", "add-documentdb mailer").await;
+        .insert(trigger_of(&typed), stale);
+    let (status, body) = post_signed(&app, &typed, chrono::Utc::now().timestamp(), SECRET).await;
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap();
     let shown = all_text(&reply);
     assert!(shown.contains("`instances` is required"), "{shown}");
     assert!(shown.contains("The form could not be opened"), "{shown}");
@@ -1495,13 +1536,16 @@ async fn the_whole_story_from_a_command_to_the_catalog_through_a_webhook_backend
     let app = TestApp::spawn_with(&[hook], |settings| common::slack::enable(settings, &fake)).await;
 
     // The command names the entity and one input but not the required `instances`.
+    let typed = form(
+        "UDEV",
+        "add-documentdb-hook mailer instance_class=db.r6g.large",
+    );
     fake.triggers
         .lock()
         .unwrap()
-        .insert("123.456.abc".into(), std::time::Instant::now());
-    let typed = "add-documentdb-hook mailer instance_class=db.r6g.large";
+        .insert(trigger_of(&typed), std::time::Instant::now());
     let now = chrono::Utc::now().timestamp();
-    let (status, body) = post_signed(&app, &form("UDEV", typed), now, SECRET).await;
+    let (status, body) = post_signed(&app, &typed, now, SECRET).await;
     assert_eq!((status, body.as_str()), (200, ""), "a form opens instead");
     let open = fake
         .calls()

@@ -217,6 +217,7 @@ impl From<AppError> for ApiError {
             AppError::Catalog(CatalogError::InUse { .. }) => (S::CONFLICT, "entity_in_use"),
             AppError::Template(_) => (S::UNPROCESSABLE_ENTITY, "invalid_mapping"),
             AppError::RunNotFound(_) => (S::NOT_FOUND, "run_not_found"),
+            AppError::Repeated(_) => (S::CONFLICT, "already_received"),
             AppError::Delivery(_) | AppError::MessageGone(_) | AppError::Store(_) => {
                 tracing::error!(%error, "internal failure");
                 return ApiError::new(

@@ -133,6 +133,7 @@ pub async fn create(
             inputs,
             origin: "API",
             channel: None,
+            received: None,
         })
         .await?;
     run_reply(&run)

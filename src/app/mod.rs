@@ -9,6 +9,7 @@
 mod catalog_change;
 mod locks;
 pub mod outbox;
+pub mod receipts;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ use crate::metrics::Metrics;
 use crate::store::{Change, RunRecord, Store, StoreError};
 use catalog_change::CatalogChange;
 pub use outbox::{Consumer, Delivery, DeliveryNote, Pending};
+pub use receipts::Received;
+use receipts::{Claim, Receipts, Repeated};
 
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,18 @@ pub enum AppError {
     /// edit again (someone deleted it, say), with the platform's reason: it is left as it is.
     #[error("the message can no longer be edited: {0}")]
     MessageGone(String),
+    /// The same delivery (by its platform's id) was taken already (see `receipts`).
+    #[error("{}", repeated_text(.0))]
+    Repeated(Repeated),
+}
+
+fn repeated_text(repeated: &Repeated) -> String {
+    match &repeated.run {
+        Some(run) => {
+            format!("This was received already and made run `{run}`; it is not run again.")
+        }
+        None => "This was received already and is being handled; it is not run again.".into(),
+    }
 }
 
 /// Someone asking for a run of an action, as an adapter received it: the inputs are still
@@ -69,12 +84,18 @@ pub struct RunRequest<'a> {
     pub origin: &'a str,
     /// The chat channel it was made in, where its run card goes.
     pub channel: Option<&'a str>,
+    /// The delivery or form it came in as, so that the same one coming again makes no second
+    /// run; `None` for requests with no such id (the API's).
+    pub received: Option<Received<'a>>,
 }
 
 /// A request that passed its checks ([`App::check_run`]) and is not stored yet.
 pub struct CheckedRun {
     run: Run,
     kinds: Vec<EventKind>,
+    /// Its delivery, claimed; and the form it was asked in, which its creation drops.
+    claim: Option<Claim>,
+    form: Option<String>,
 }
 
 impl CheckedRun {
@@ -112,6 +133,7 @@ struct Inner {
     metrics: Metrics,
     /// Serialises the requests that take file locks (see `locks`).
     file_locks: Mutex<()>,
+    receipts: Arc<Receipts>,
 }
 
 impl App {
@@ -142,6 +164,7 @@ impl App {
         for (entity, error) in catalog.check_all() {
             tracing::warn!(blueprint = %entity.blueprint, entity = %entity.identifier, %error, "stored entity breaks a rule");
         }
+        let receipts = Receipts::load(store.receipts()?, now_ms());
         Ok(App {
             inner: Arc::new(Inner {
                 store,
@@ -153,6 +176,7 @@ impl App {
                 consumers,
                 metrics,
                 file_locks: Mutex::new(()),
+                receipts: Arc::new(receipts),
             }),
         })
     }
@@ -248,9 +272,18 @@ impl App {
             inputs,
             origin,
             channel,
+            received,
         } = request;
         let action = self.action(action)?;
         let now = Utc::now();
+        let claim = received
+            .map(|r| self.inner.receipts.claim(r, now.timestamp_millis() as u64))
+            .transpose()
+            .map_err(AppError::Repeated)?;
+        let form = match received {
+            Some(Received::Form(key)) => Some(key.to_owned()),
+            _ => None,
+        };
         // The entity is read in place; the catalog's lock goes before anything awaits.
         let catalog = self.catalog();
         let checked = action.check_request(who, entity, inputs, &catalog, &self.inner.directory)?;
@@ -268,13 +301,23 @@ impl App {
             },
             now,
         );
-        Ok(CheckedRun { run, kinds })
+        Ok(CheckedRun {
+            run,
+            kinds,
+            claim,
+            form,
+        })
     }
 
     /// Creates a checked run, once no active run holds its files (GITOPS); answers once it is
-    /// durable.
+    /// durable. The same change keeps its delivery's receipt and drops the form it was asked in.
     pub async fn create_run(&self, checked: CheckedRun) -> Result<Run, AppError> {
-        let CheckedRun { mut run, kinds } = checked;
+        let CheckedRun {
+            mut run,
+            kinds,
+            claim,
+            form,
+        } = checked;
         let action = self.action(run.action.identifier.as_str())?;
         let _locks = match action.invocation {
             Invocation::Gitops(_) => Some(self.inner.file_locks.lock().await),
@@ -283,9 +326,38 @@ impl App {
         self.check_locks(action, &run)?;
         let mut change = Change::default();
         let events = self.stage(&mut run, kinds, &mut change);
+        if let Some(claim) = &claim {
+            claim.record(&mut change, Some(&run.id));
+        }
+        if let Some(form) = &form {
+            change.set_form(form, None);
+        }
         self.inner.store.commit(change).await?;
+        if let Some(claim) = claim {
+            claim.keep(Some(run.id.clone()));
+        }
         self.after_commit(&run, &events);
         Ok(run)
+    }
+
+    /// Claims a delivery that changes no run's creation (a GitHub event, say): taken already
+    /// gives [`AppError::Repeated`]; [`App::keep_delivery`] once it was applied.
+    pub fn claim_delivery(&self, id: &str) -> Result<Claim, AppError> {
+        self.inner
+            .receipts
+            .claim(Received::Delivery(id), now_ms())
+            .map_err(AppError::Repeated)
+    }
+
+    /// Stores the receipt of a claimed delivery that was applied. (Applying and keeping are
+    /// two changes: a crash between them lets the delivery be applied again when it comes
+    /// again, which for GitHub's events repeats at most a log line.)
+    pub async fn keep_delivery(&self, claim: Claim) -> Result<(), AppError> {
+        let mut change = Change::default();
+        claim.record(&mut change, None);
+        self.inner.store.commit(change).await?;
+        claim.keep(None);
+        Ok(())
     }
 
     /// An approver's decision, under the same rules in every adapter.
@@ -702,4 +774,8 @@ impl App {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    Utc::now().timestamp_millis() as u64
 }

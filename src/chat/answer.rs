@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::form::FormState;
 use super::view::created_data;
 use crate::api::run_json;
-use crate::app::{App, AppError, RunRequest};
+use crate::app::{App, AppError, Received, RunRequest};
 use crate::core::action::{Action, InputProblems, RawInputs, RequestError};
 use crate::core::chat_command::ChatCommand;
 use crate::core::ids::{Identity, RunId};
@@ -24,6 +24,9 @@ pub struct Asker<'a> {
     pub can_ask: bool,
     /// Actions listed at most in one answer.
     pub max_listed: usize,
+    /// The delivery the command came in as (its platform's id for it), so that a copy of it
+    /// makes no second run.
+    pub received: Option<Received<'a>>,
 }
 
 /// A command's answer, before a platform renders it.
@@ -61,6 +64,7 @@ pub async fn answer(app: &App, asker: &Asker<'_>, command: ChatCommand) -> ChatA
                     inputs: RawInputs::Text(inputs),
                     origin: asker.origin,
                     channel: Some(asker.channel).filter(|c| !c.is_empty()),
+                    received: asker.received,
                 })
                 .await;
             match created {
@@ -92,9 +96,10 @@ pub fn refusal(error: AppError) -> ChatAnswer {
         AppError::Request(RequestError::Inputs(problems)) => {
             ChatAnswer::Refused(format!("The run was not created:\n{problems}"))
         }
-        error @ (AppError::Request(_) | AppError::Run(_) | AppError::Catalog(_)) => {
-            ChatAnswer::Refused(error.to_string())
-        }
+        error @ (AppError::Request(_)
+        | AppError::Run(_)
+        | AppError::Catalog(_)
+        | AppError::Repeated(_)) => ChatAnswer::Refused(error.to_string()),
         error => {
             tracing::error!(%error, "a chat command failed");
             ChatAnswer::Refused("portbot could not record the run; please try again.".into())

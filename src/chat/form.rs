@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::app::{App, AppError, CheckedRun, RunRequest};
+use crate::app::{App, AppError, CheckedRun, Received, RunRequest};
 use crate::core::action::{RawInputs, RequestError};
 use crate::core::ids::{EntityId, Identity};
 use crate::core::run::Run;
@@ -111,7 +111,7 @@ pub async fn submit(
     submitted: Vec<(String, String)>,
 ) -> Submitted {
     match check(app, key, who, submitted) {
-        Ok(checked) => create(app, key, checked).await,
+        Ok(checked) => create(app, checked).await,
         Err(outcome) => outcome,
     }
 }
@@ -144,19 +144,16 @@ pub fn check(
         inputs: RawInputs::Text(inputs),
         origin: &asked.origin,
         channel: Some(&asked.channel),
+        received: Some(Received::Form(key)),
     })
     .map_err(refusal)
 }
 
-/// The second half of [`submit`]: the checked run is created and its form dropped.
-pub async fn create(app: &App, key: &str, checked: CheckedRun) -> Submitted {
+/// The second half of [`submit`]: the checked run is created, and its form dropped in the same
+/// change (so a form submitted twice, or again after a restart, makes one run).
+pub async fn create(app: &App, checked: CheckedRun) -> Submitted {
     match app.create_run(checked).await {
-        Ok(run) => {
-            if let Err(error) = app.save_form(key, None).await {
-                tracing::warn!(%error, "a used form was not dropped");
-            }
-            Submitted::Created(Box::new(run))
-        }
+        Ok(run) => Submitted::Created(Box::new(run)),
         Err(error) => refusal(error),
     }
 }

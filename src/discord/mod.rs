@@ -31,7 +31,7 @@ use serenity::interactions_endpoint::Verifier;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::app::App;
+use crate::app::{App, Received};
 use crate::chat::form::{self, Submitted};
 use crate::chat::messages::Messages;
 use crate::chat::view::{card_data, created_data};
@@ -246,6 +246,7 @@ async fn command(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Va
         Ok(command) => command,
         Err(error) => return state.refusal(error.to_string()),
     };
+    let delivery = format!("discord:{}", asked.id);
     let asker = Asker {
         who: &who,
         origin: ORIGIN,
@@ -253,6 +254,7 @@ async fn command(state: &DiscordState, asked: &Invocation<CommandOptions>) -> Va
         command: &state.command,
         can_ask: true,
         max_listed: CHOICES,
+        received: Some(Received::Delivery(&delivery)),
     };
     match chat::answer(&state.app, &asker, command).await {
         ChatAnswer::Message(name, data) => state.message(name, data),

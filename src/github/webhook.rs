@@ -10,10 +10,10 @@
 //! - `workflow_run` whose title carries a run id: the GITHUB run's workflow (link, end).
 //!
 //! The run is found from the branch name or the title, so nothing is stored to map them. A
-//! delivery seen recently (`X-GitHub-Delivery`) is acknowledged and not applied again.
+//! delivery taken within the hour (`X-GitHub-Delivery`, kept across restarts by the app's
+//! receipts) is acknowledged and not applied again.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -32,55 +32,16 @@ use crate::config::Secret;
 use crate::core::gitops::run_of_branch;
 use crate::core::ids::RunId;
 
-/// Deliveries remembered for de-duplication.
-const REMEMBERED: usize = 1024;
-
 #[derive(Clone)]
 struct WebhookState {
     app: App,
     secret: Secret,
-    seen: Arc<Mutex<Seen>>,
-}
-
-#[derive(Default)]
-struct Seen {
-    order: VecDeque<String>,
-    ids: HashSet<String>,
-}
-
-impl Seen {
-    /// Records a delivery id; false if it was seen already.
-    fn first_time(&mut self, id: &str) -> bool {
-        if !self.ids.insert(id.to_owned()) {
-            return false;
-        }
-        self.order.push_back(id.to_owned());
-        if self.order.len() > REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-        true
-    }
-
-    /// Forgets a delivery id, so the same delivery is taken when GitHub sends it again. (Its
-    /// place in `order` goes too, so that when it comes back it is kept its full time; this
-    /// walks `order`, which only a failure to record an event pays for.)
-    fn forget(&mut self, id: &str) {
-        if self.ids.remove(id) {
-            self.order.retain(|kept| kept != id);
-        }
-    }
 }
 
 pub fn router(app: App, secret: Secret) -> Router {
     Router::new()
         .route("/github/webhook", post(receive))
-        .with_state(WebhookState {
-            app,
-            secret,
-            seen: Arc::default(),
-        })
+        .with_state(WebhookState { app, secret })
 }
 
 /// `sha256=<hex>` of the body, checked in constant time.
@@ -118,38 +79,41 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         return answer(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     let event = header("x-github-event").unwrap_or_default();
-    let delivery = header("x-github-delivery");
-    if let Some(delivery) = delivery {
-        if !state
-            .seen
-            .lock()
-            .expect("webhook lock poisoned")
-            .first_time(delivery)
-        {
-            return answer(StatusCode::OK, "this delivery was received before");
-        }
-    }
+    // Asked to send an event again, GitHub uses the same delivery id.
+    let claim = match header("x-github-delivery") {
+        Some(delivery) => match state.app.claim_delivery(&format!("github:{delivery}")) {
+            Ok(claim) => Some(claim),
+            Err(AppError::Repeated(_)) => {
+                return answer(StatusCode::OK, "this delivery was received before")
+            }
+            Err(error) => return failed(&error, None),
+        },
+        None => None,
+    };
     let Some((run, observation)) = observation(event, &payload) else {
         return answer(StatusCode::OK, "nothing for portbot in this event");
     };
-    match conclude(&state.app, &run, observation).await {
-        Ok(()) | Err(AppError::RunNotFound(_)) => answer(StatusCode::OK, "received"),
-        Err(error) => {
-            tracing::error!(%error, run = %run, "a GitHub event could not be recorded");
-            // Asked to send it again, GitHub uses the same delivery id.
-            if let Some(delivery) = delivery {
-                state
-                    .seen
-                    .lock()
-                    .expect("webhook lock poisoned")
-                    .forget(delivery);
-            }
-            answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "portbot could not record the event; send it again",
-            )
-        }
+    let applied = match conclude(&state.app, &run, observation).await {
+        Ok(()) | Err(AppError::RunNotFound(_)) => Ok(()),
+        Err(error) => Err(error),
+    };
+    // A claim not kept is released, so the delivery is taken when it comes again.
+    let kept = match (applied, claim) {
+        (Ok(()), Some(claim)) => state.app.keep_delivery(claim).await,
+        (applied, _) => applied,
+    };
+    match kept {
+        Ok(()) => answer(StatusCode::OK, "received"),
+        Err(error) => failed(&error, Some(&run)),
     }
+}
+
+fn failed(error: &AppError, run: Option<&RunId>) -> Response {
+    tracing::error!(%error, run = ?run.map(RunId::as_str), "a GitHub event could not be recorded");
+    answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "portbot could not record the event; send it again",
+    )
 }
 
 /// The run an event concerns, and what it says.
@@ -206,20 +170,6 @@ fn run_in(text: &str) -> Option<RunId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_delivery_that_could_not_be_recorded_is_taken_again() {
-        let mut seen = Seen::default();
-        assert!(seen.first_time("d1"));
-        assert!(!seen.first_time("d1"));
-        seen.forget("d1");
-        assert!(seen.first_time("d1"));
-        assert_eq!(
-            seen.order,
-            ["d1"],
-            "one place in the order, kept its full time"
-        );
-    }
 
     #[test]
     fn signatures_are_checked_over_the_raw_body() {

@@ -291,7 +291,7 @@ async fn submit_form(state: &Arc<SlackState>, payload: &Value) -> Response {
     };
     let channel = checked.channel().unwrap_or_default().to_owned();
     let worker = state.clone();
-    let work = async move { form::create(&worker.app, &key, checked).await };
+    let work = async move { form::create(&worker.app, checked).await };
     let late = state.clone();
     let created = super::within(state.defer_after, work, move |outcome| async move {
         if let Some(problems) = form_problems(outcome, "") {

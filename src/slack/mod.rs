@@ -27,7 +27,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::App;
+use crate::app::{App, Received};
 use crate::chat::messages::Messages;
 use crate::chat::{self, Asker, ChatAnswer, FormState};
 use crate::core::chat_command::ChatCommand;
@@ -254,6 +254,8 @@ async fn answer(
     form: &SlashCommand,
     command: ChatCommand,
 ) -> Reply {
+    // A command's `trigger_id` is unique to it: a copy of the command carries the same one.
+    let delivery = format!("slack:{}", form.trigger_id);
     let asker = Asker {
         who,
         origin: ORIGIN,
@@ -261,6 +263,7 @@ async fn answer(
         command: &state.command,
         can_ask: !form.trigger_id.is_empty(),
         max_listed: MAX_LISTED,
+        received: (!form.trigger_id.is_empty()).then_some(Received::Delivery(&delivery)),
     };
     match chat::answer(&state.app, &asker, command).await {
         ChatAnswer::Message(name, data) => Reply::Message(name, data),

@@ -21,8 +21,9 @@
 //! | `form/<key>`              | a chat form (modal) in progress          |
 //! | `ent/<blueprint>/<id>`    | an entity (JSON)                         |
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
+//! | `rcpt/t_<ms>/<delivery>`  | an inbound delivery taken at `<ms>` (12 hex digits), and the run it made, if any (see `app::receipts`) |
 //!
-//! These are the keys the store reads and writes. In sled, `active/` and `due/` entries live
+//! These are the keys the store reads and writes. In sled, `active/`, `due/` and `rcpt/` entries live
 //! in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is per key; for
 //! the same reason a run's `ev/` keys that reach sled in the same drain become one (`memtable`'s
 //! [`Merging`]), so a reader of events takes a key to hold any events before its own too.
@@ -97,18 +98,21 @@ pub struct Change {
     runs: Vec<(usize, Written)>,
 }
 
-/// The per-run index entries, which sled keeps in chunks (see `chunks`): `active/<run>` and
-/// `due/<consumer>/<run>`; a chunk holds the runs made within the same 16 ms (a run id's first
-/// 13 characters: `r_` and the creation time in milliseconds but its last hex digit).
+/// The small index entries, which sled keeps in chunks (see `chunks`): `active/<run>`,
+/// `due/<consumer>/<run>` and `rcpt/t_<ms>/<delivery>`; a chunk holds the entries made within
+/// the same 16 ms (a run id's first 13 characters: `r_` and the creation time in milliseconds
+/// but its last hex digit; a receipt's `t_` and time the same way).
 const INDEX_CHUNKS: Chunking = Chunking {
-    prefixes: &[b"active/", b"due/"],
+    prefixes: &[b"active/", b"due/", b"rcpt/"],
     family: index_family,
     bucket: 13,
 };
 
 fn index_family(key: &[u8]) -> Option<usize> {
-    if key.starts_with(b"active/") {
-        return Some(b"active/".len());
+    for family in [&b"active/"[..], b"rcpt/"] {
+        if key.starts_with(family) {
+            return Some(family.len());
+        }
     }
     let consumer_and_run = key.strip_prefix(b"due/")?;
     let consumer = consumer_and_run.iter().position(|&b| b == b'/')?;
@@ -189,6 +193,22 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
         key.extend_from_slice(part);
     }
     key
+}
+
+/// `rcpt/t_<at_ms as 12 hex digits>/<delivery>`: receipts sort by the time they were taken.
+fn receipt_key(at_ms: u64, delivery: &str) -> Vec<u8> {
+    let time = format!("t_{at_ms:012x}/");
+    key(&[RECEIPTS, time.as_bytes(), delivery.as_bytes()])
+}
+
+const RECEIPTS: &[u8] = b"rcpt/";
+
+/// A receipt as [`Store::receipts`] reads it back.
+#[derive(Debug, PartialEq)]
+pub struct StoredReceipt {
+    pub at_ms: u64,
+    pub delivery: String,
+    pub run: Option<RunId>,
 }
 
 fn entity_key(blueprint: &BlueprintId, id: &EntityId) -> Vec<u8> {
@@ -332,6 +352,17 @@ impl Change {
 
     pub fn set_invocation_attempts(&mut self, run: &RunId, attempts: u32) {
         self.insert(invocation_key(run), attempts.to_be_bytes());
+    }
+
+    /// An inbound delivery taken at `at_ms`, with the run it made, if any: kept so that it is
+    /// known again after a restart (see `app::receipts`).
+    pub fn put_receipt(&mut self, at_ms: u64, delivery: &str, run: Option<&RunId>) {
+        let run = run.map_or(&b""[..], |r| r.as_str().as_bytes());
+        self.insert(receipt_key(at_ms, delivery), run);
+    }
+
+    pub fn remove_receipt(&mut self, at_ms: u64, delivery: &str) {
+        self.remove(receipt_key(at_ms, delivery));
     }
 
     pub fn put_entity(&mut self, entity: &Entity) {
@@ -542,6 +573,30 @@ impl Store {
             .scan_prefix(b"ent/", false)
             .map(|item| Ok(decode(&item?.1)?))
             .collect()
+    }
+
+    /// The stored receipts, oldest first; one whose key does not decode is left out.
+    pub fn receipts(&self) -> StoreResult<Vec<StoredReceipt>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(RECEIPTS, false) {
+            let (key, run) = item?;
+            let parsed = (|| {
+                let rest = key.strip_prefix(RECEIPTS)?.strip_prefix(b"t_")?;
+                let (time, delivery) = (rest.get(..12)?, rest.get(13..)?);
+                let at_ms = u64::from_str_radix(std::str::from_utf8(time).ok()?, 16).ok()?;
+                let delivery = String::from_utf8(delivery.to_vec()).ok()?;
+                let run = String::from_utf8(run.to_vec())
+                    .ok()
+                    .and_then(|r| RunId::try_from(r).ok());
+                Some(StoredReceipt {
+                    at_ms,
+                    delivery,
+                    run,
+                })
+            })();
+            out.extend(parsed);
+        }
+        Ok(out)
     }
 
     /// The hash of the catalog file version an entity was last loaded from.

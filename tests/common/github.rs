@@ -423,11 +423,23 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// Sends a GitHub event to portbot's webhook, signed with `secret`; the status and body.
 pub async fn send_event(base: &str, event: &str, payload: &Value, secret: &str) -> (u16, Value) {
+    let delivery = format!("{:x}", rand::random::<u64>());
+    send_delivery(base, event, payload, secret, &delivery).await
+}
+
+/// [`send_event`] with the delivery id GitHub gives it (the same when it is sent again).
+pub async fn send_delivery(
+    base: &str,
+    event: &str,
+    payload: &Value,
+    secret: &str,
+    delivery: &str,
+) -> (u16, Value) {
     let body = serde_json::to_vec(payload).unwrap();
     let response = reqwest::Client::new()
         .post(format!("{base}/github/webhook"))
         .header("x-github-event", event)
-        .header("x-github-delivery", format!("{:x}", rand::random::<u64>()))
+        .header("x-github-delivery", delivery)
         .header("x-hub-signature-256", signature(secret, &body))
         .header("content-type", "application/json")
         .body(body)

@@ -60,8 +60,12 @@ pub fn form(user: &str, text: &str) -> String {
     form_answered_at(user, text, "https://hooks.slack.invalid/commands/1")
 }
 
-/// The same, with late answers going to `response_url`.
+/// The same, with late answers going to `response_url`. Each form has a `trigger_id` of its
+/// own, as each command Slack sends does (portbot takes one command per `trigger_id`).
 pub fn form_answered_at(user: &str, text: &str, response_url: &str) -> String {
+    static TRIGGERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = TRIGGERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let trigger = format!("{n}.456.abc");
     serde_urlencoded::to_string([
         ("token", "deprecated"),
         ("team_id", "T1"),
@@ -75,9 +79,16 @@ pub fn form_answered_at(user: &str, text: &str, response_url: &str) -> String {
         ("api_app_id", "A1"),
         ("is_enterprise_install", "false"),
         ("response_url", response_url),
-        ("trigger_id", "123.456.abc"),
+        ("trigger_id", trigger.as_str()),
     ])
     .unwrap()
+}
+
+/// The `trigger_id` of a slash command's form.
+pub fn trigger_of(form: &str) -> String {
+    let fields: Vec<(String, String)> = serde_urlencoded::from_str(form).unwrap();
+    let (_, trigger) = fields.into_iter().find(|(k, _)| k == "trigger_id").unwrap();
+    trigger
 }
 
 /// A click on an approval request's button, as Slack posts it (PROTOCOL-NOTES §4).
