@@ -327,7 +327,8 @@ async fn assert_received_already(app: &TestApp, answer: &str) {
     assert!(answer.contains(&run), "names {run}: {answer}");
 }
 
-/// The signatures seen are in memory; a command replayed after a restart is refused all the same.
+/// The signatures seen are in memory; a command replayed after a restart is refused all the same,
+/// and a copy signed anew is known by its `trigger_id` from the store's receipts.
 #[tokio::test]
 async fn a_slack_command_replayed_or_sent_again_after_a_restart_makes_no_second_run() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -544,7 +545,8 @@ fn discord_env(dir: &Path, fake: &common::discord::FakeDiscord) -> Vec<(&'static
     ]
 }
 
-/// Discord's repeats are caught in memory; one replayed after a restart is refused all the same.
+/// Discord's repeats are caught in memory; one replayed after a restart is refused all the same,
+/// and a copy signed anew is known by its interaction id from the store's receipts.
 #[tokio::test]
 async fn a_discord_command_replayed_or_sent_again_after_a_restart_makes_no_second_run() {
     use common::discord::{self as discord, FakeDiscord};
