@@ -73,12 +73,8 @@ async fn webhooks_carry_ports_body_and_a_verifiable_signature() {
     );
 
     // Asynchronous: the run stays in progress until the backend reports through the API.
-    let logs = app.log_lines(&run).await;
-    assert!(
-        logs.iter()
-            .any(|l| l.starts_with("webhook delivered (HTTP 202)")),
-        "{logs:?}"
-    );
+    app.wait_for_logged(&run, |l| l.starts_with("webhook delivered (HTTP 202)"))
+        .await;
     assert_eq!(app.run(&run).await["status"], "IN_PROGRESS");
     let (status, body) = app
         .backend(

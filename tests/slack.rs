@@ -808,6 +808,75 @@ async fn a_reply_slack_refuses_as_too_long_becomes_a_short_note() {
     assert!(mentions(&calls, "your run ended"), "the thread went on");
 }
 
+/// Slack has refused messages below its documented limits: a run card or approval request it
+/// refuses goes as its template's short version, buttons and all, and so do their updates.
+#[tokio::test]
+async fn a_card_and_an_approval_request_slack_refuses_go_in_their_short_versions() {
+    let fake = FakeSlack::start().await;
+    let app = slack_app_with(&fake).await;
+    // The full versions show inputs as a section's fields; the short ones do not.
+    *fake.refuse_blocks_with.lock().unwrap() = Some("\"fields\"".into());
+    command(&app, "UDEV", "add-documentdb mailer instances=2").await;
+    let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
+    let run = body["runs"][0]["id"].as_str().unwrap().to_owned();
+    let posted_in = |calls: &[common::SlackCall], channel: &str| {
+        calls
+            .iter()
+            .filter(|c| c.method == "chat.postMessage" && c.body["channel"] == channel)
+            .filter(|c| c.body.get("thread_ts").is_none())
+            .map(|c| c.body.clone())
+            .collect::<Vec<Value>>()
+    };
+    let calls = fake
+        .calls_when(|calls| {
+            !posted_in(calls, "CAPPROVE").is_empty() && !posted_in(calls, "C123").is_empty()
+        })
+        .await;
+    // (The fake records only the calls it accepts.)
+    let card = posted_in(&calls, "C123")[0].clone();
+    let shown = card["blocks"].to_string();
+    assert!(
+        shown.contains(&run) && shown.contains("invalid_blocks"),
+        "{shown}"
+    );
+    let request = posted_in(&calls, "CAPPROVE")[0].clone();
+    let shown = request["blocks"].to_string();
+    assert!(
+        shown.contains("Approval needed") && shown.contains("`instances` = 2"),
+        "{shown}"
+    );
+    let buttons = request["blocks"].as_array().unwrap().last().unwrap()["elements"].clone();
+    assert_eq!(
+        (&buttons[0]["value"], &buttons[1]["action_id"]),
+        (&json!(run), &json!("decline"))
+    );
+
+    assert_eq!(
+        post_interaction(&app, &click("UOPS", "approve", &run)).await,
+        200
+    );
+    app.wait_for(&run, "SUCCESS").await;
+    let updated = |calls: &[common::SlackCall], channel: &str| {
+        calls
+            .iter()
+            .rev()
+            .find(|c| c.method == "chat.update" && c.body["channel"] == channel)
+            .map(|c| c.body["blocks"].to_string())
+    };
+    let calls = fake
+        .calls_when(|calls| {
+            updated(calls, "CAPPROVE").is_some_and(|b| b.contains("Approved by <@UOPS>"))
+                && updated(calls, "C123").is_some_and(|b| b.contains("SUCCESS"))
+        })
+        .await;
+    let request = updated(&calls, "CAPPROVE").unwrap();
+    assert!(
+        !request.contains("\"actions\""),
+        "the buttons are gone: {request}"
+    );
+    fake.assert_within_limits();
+}
+
 #[tokio::test]
 async fn an_approval_request_is_updated_ahead_of_the_cards_waiting_for_their_turn() {
     let receiver = Receiver::start().await;

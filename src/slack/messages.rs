@@ -37,6 +37,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A run card's or approval request's data with `hostile` in every text a user can set.
+    fn run_data(hostile: &str) -> serde_json::Value {
+        let input = json!({"name": hostile, "value": hostile, "old": hostile});
+        json!({
+            "run": {
+                "id": "r_0123", "status": "SUCCESS", "statusLabel": hostile, "link": null,
+                "createdBy": hostile, "action": {"identifier": "a", "title": hostile},
+                "entity": {"identifier": hostile},
+            },
+            "requester": "<@U1>",
+            "inputs": vec![input; 9],
+            "more_inputs": 3,
+            "decisions": [{"by": "<@U2>", "decision": "DECLINE", "description": hostile, "at": "2026-12-03 10:00 UTC"}],
+            "pending": true,
+            "error": hostile,
+            "unreachable_channel": "<#C1>",
+        })
+    }
+
     #[test]
     fn hostile_text_stays_inert_and_valid() {
         let messages = load(Path::new("message-templates")).unwrap();
@@ -49,17 +68,36 @@ mod tests {
             &"<".repeat(3_000),
             &"&".repeat(3_000),
         ] {
-            for (template, data) in [
+            let run_templates = [
+                "run_card",
+                "run_card_short",
+                "approval_request",
+                "approval_request_short",
+            ];
+            let rendered = [
                 ("error", json!({"message": hostile})),
                 ("working", json!({"command": "/port", "text": hostile})),
-            ] {
+            ]
+            .into_iter()
+            .chain(run_templates.map(|t| (t, run_data(hostile))));
+            for (template, data) in rendered {
                 let out = messages.render(template, data).unwrap();
                 let text = out.to_string();
-                assert!(!text.contains("<!channel>"), "{text}");
-                assert!(!text.contains("<https://evil"), "{text}");
-                for block in out["blocks"].as_array().unwrap() {
-                    if let Some(t) = block["text"]["text"].as_str() {
-                        assert!(t.chars().count() <= 3000, "section too long");
+                assert!(!text.contains("<!channel>"), "{template}: {text}");
+                assert!(!text.contains("<https://evil"), "{template}: {text}");
+                let blocks = out["blocks"].as_array().unwrap();
+                assert!(blocks.len() <= 50, "{template}: too many blocks");
+                for block in blocks {
+                    let fields = block["fields"].as_array().into_iter().flatten();
+                    let elements = block["elements"].as_array().into_iter().flatten();
+                    let texts = [&block["text"]].into_iter().chain(fields).chain(elements);
+                    for t in texts.filter_map(|t| t["text"].as_str()) {
+                        let most = if block["fields"].is_array() {
+                            2_000
+                        } else {
+                            3_000
+                        };
+                        assert!(t.chars().count() <= most, "{template}: a text too long");
                     }
                 }
             }

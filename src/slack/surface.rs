@@ -63,8 +63,8 @@ impl Surface for SlackSurface {
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data(run, mention))?;
         let shows = card_shows(card.as_str());
-        let body = card.with("channel", &json!(channel)).into_string();
-        if let Posted::Sent(answer) = self.post_in(channel, body).await? {
+        let shorter = |error: &str| self.short("run_card_short", card_data(run, mention), error);
+        if let Posted::Sent(answer) = self.post_in(channel, card, run, &shorter).await? {
             return Ok(card_reference(channel, &answer, shows));
         }
         let user = run
@@ -88,16 +88,14 @@ impl Surface for SlackSurface {
                 slack_json_escape(channel)
             });
         let unreachable = data["unreachable_channel"].clone();
-        let card = self.render("run_card", data)?;
+        let shorter = |error: &str| self.short("run_card_short", data.clone(), error);
+        let card = self.render("run_card", data.clone())?;
         let shows = card_shows(card.as_str());
-        let card = card.with("channel", &json!(direct));
+        let to = [("channel", &json!(direct))];
         let answer = self
-            .post(
-                "chat.postMessage",
-                Some((direct, Urgent)),
-                card.into_string(),
-            )
-            .await?;
+            .call_or_shorter(Some((direct, Urgent)), card, &to, run, &shorter)
+            .await
+            .map_err(|error| AppError::Delivery(error.to_string()))?;
         let mut reference = card_reference(direct, &answer, shows);
         // Kept so that updates of the card still say why it is here.
         reference["unreachable_channel"] = unreachable;
@@ -110,29 +108,18 @@ impl Surface for SlackSurface {
         run: &Run,
         group: &[RunEvent],
     ) -> Result<Option<Value>, AppError> {
-        let in_thread = |message: MessageText| {
-            message
-                .with("channel", &card["channel"])
-                .with("thread_ts", &card["card_ts"])
-                .into_string()
-        };
+        let in_thread = [
+            ("channel", &card["channel"]),
+            ("thread_ts", &card["card_ts"]),
+        ];
         let paced_in = card["channel"].as_str().map(|channel| (channel, Bulk));
-        let data = reply_data(run, group, Self::LOG_LIMIT, mention);
-        let message = in_thread(self.render("thread_reply", data)?);
-        let error = match self.call_paced("chat.postMessage", paced_in, message).await {
-            Ok(_) => return Ok(None),
-            Err(SlackApiError::Refused { error, .. }) if TOO_LONG.contains(&error.as_str()) => {
-                error
-            }
-            Err(error) => return Err(AppError::Delivery(error.to_string())),
-        };
-        tracing::warn!(run = %run.id, %error, "Slack refused a thread reply as too long; a short note goes instead");
-        let mut data = reply_data(run, group, Self::LOG_LIMIT, mention);
-        data["error"] = json!(error);
-        let note = in_thread(self.render("thread_reply_short", data)?);
-        self.post("chat.postMessage", paced_in, note)
+        let data = || reply_data(run, group, Self::LOG_LIMIT, mention);
+        let message = self.render("thread_reply", data())?;
+        let shorter = |error: &str| self.short("thread_reply_short", data(), error);
+        self.call_or_shorter(paced_in, message, &in_thread, run, &shorter)
             .await
             .map(|_| None)
+            .map_err(|error| AppError::Delivery(error.to_string()))
     }
 
     async fn update_card(&self, card: &Value, run: &Run) -> Result<CardUpdate, AppError> {
@@ -146,17 +133,21 @@ impl Surface for SlackSurface {
             Turn::Soon(at) => tokio::time::sleep_until(at).await,
             Turn::Later(at) => return Ok(CardUpdate::NotBefore(at)),
         }
-        self.update(message, &card["channel"], &card["card_ts"])
+        let shorter = |error: &str| {
+            let data = card_update_data(card_data(run, mention), card);
+            self.short("run_card_short", data, error)
+        };
+        self.update(message, run, &shorter, &card["channel"], &card["card_ts"])
             .await?;
         Ok(CardUpdate::Updated(updated))
     }
 
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
         let channel = &self.approval_channel;
-        let message = self
-            .render("approval_request", request_data(run, mention))?
-            .with("channel", &json!(channel));
-        match self.post_in(channel, message.into_string()).await? {
+        let message = self.render("approval_request", request_data(run, mention))?;
+        let shorter =
+            |error: &str| self.short("approval_request_short", request_data(run, mention), error);
+        match self.post_in(channel, message, run, &shorter).await? {
             Posted::Sent(answer) => Ok(json!({"channel": channel, "ts": answer["ts"]})),
             // Tried again with a backoff, so the request goes once the bot is invited.
             Posted::Barred(reason) => Err(AppError::Delivery(format!(
@@ -168,8 +159,10 @@ impl Surface for SlackSurface {
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
+        let shorter =
+            |error: &str| self.short("approval_request_short", request_data(run, mention), error);
         tokio::time::sleep_until(self.updates.request_turn()).await;
-        self.update(message, &request["channel"], &request["ts"])
+        self.update(message, run, &shorter, &request["channel"], &request["ts"])
             .await
     }
 }
@@ -186,8 +179,20 @@ const MESSAGE_GONE: [&str; 5] = [
 ];
 
 /// Slack's refusals of a message as too long, which it has also given below its documented
-/// limits (PROTOCOL-NOTES, seen in the wild): a thread reply is then replaced by a short note.
+/// limits (PROTOCOL-NOTES, seen in the wild): the message is then sent again in its template's
+/// short version (`<template>_short`), which leaves out what can be long.
 const TOO_LONG: [&str; 3] = ["msg_too_long", "msg_blocks_too_long", "invalid_blocks"];
+
+/// Slack's error when it refused a message as too long ([`TOO_LONG`]).
+fn too_long(error: &SlackApiError) -> Option<&str> {
+    match error {
+        SlackApiError::Refused { error, .. } if TOO_LONG.contains(&error.as_str()) => Some(error),
+        _ => None,
+    }
+}
+
+/// A message rendered in its short template, given Slack's refusal of the full one.
+type Shorter<'a> = &'a (dyn Fn(&str) -> Result<MessageText, AppError> + Send + Sync);
 
 /// The key of `chat.update` in its [`UpdateBudget`]'s pace.
 const UPDATES: &str = "chat.update";
@@ -306,18 +311,24 @@ impl SlackSurface {
             .map_err(|e| AppError::Delivery(e.to_string()))
     }
 
-    /// Edits the message at `ts` in `channel` to show `message`.
+    /// `template` (a short one) with `data` and Slack's `error` about the full message.
+    fn short(&self, template: &str, mut data: Value, error: &str) -> Result<MessageText, AppError> {
+        data["error"] = json!(error);
+        self.render(template, data)
+    }
+
+    /// Edits the message at `ts` in `channel` to show `message` (or `shorter`'s, see
+    /// [`SlackSurface::call_or_shorter`]).
     async fn update(
         &self,
         message: MessageText,
+        run: &Run,
+        shorter: Shorter<'_>,
         channel: &Value,
         ts: &Value,
     ) -> Result<(), AppError> {
-        let message = message.with("channel", channel).with("ts", ts);
-        match self
-            .call_paced("chat.update", None, message.into_string())
-            .await
-        {
+        let at = [("channel", channel), ("ts", ts)];
+        match self.call_or_shorter(None, message, &at, run, shorter).await {
             Ok(_) => Ok(()),
             Err(SlackApiError::Refused { error, .. }) if MESSAGE_GONE.contains(&error.as_str()) => {
                 Err(AppError::MessageGone(error))
@@ -328,11 +339,18 @@ impl SlackSurface {
 
     /// Posts a card or an approval request (urgent) in `channel`; where Slack says the bot is
     /// not in it, the bot joins (a public channel) and posts again.
-    async fn post_in(&self, channel: &str, body: String) -> Result<Posted, AppError> {
-        let posted = self
-            .call_paced("chat.postMessage", Some((channel, Urgent)), body.clone())
-            .await;
-        let refusal = match posted {
+    async fn post_in(
+        &self,
+        channel: &str,
+        message: MessageText,
+        run: &Run,
+        shorter: Shorter<'_>,
+    ) -> Result<Posted, AppError> {
+        let to = json!(channel);
+        let to = [("channel", &to)];
+        let post =
+            |message| self.call_or_shorter(Some((channel, Urgent)), message, &to, run, shorter);
+        let refusal = match post(message.clone()).await {
             Ok(answer) => return Ok(Posted::Sent(answer)),
             Err(SlackApiError::Refused { error, .. })
                 if error == "not_in_channel" || error == "channel_not_found" =>
@@ -350,9 +368,51 @@ impl SlackSurface {
         if !joined {
             return Ok(Posted::Barred(refusal));
         }
-        self.post("chat.postMessage", Some((channel, Urgent)), body)
+        post(message)
             .await
             .map(Posted::Sent)
+            .map_err(|error| AppError::Delivery(error.to_string()))
+    }
+
+    /// Posts `message` (`chat.postMessage` when it goes to a channel, `paced_in`, else
+    /// `chat.update`), with `fields` (its channel, its `ts` or `thread_ts`) added. Where Slack
+    /// refuses it as too long, it goes once more as `shorter` renders it.
+    async fn call_or_shorter(
+        &self,
+        paced_in: Option<(&str, Priority)>,
+        message: MessageText,
+        fields: &[(&str, &Value)],
+        run: &Run,
+        shorter: Shorter<'_>,
+    ) -> Result<Value, SlackApiError> {
+        let method = match paced_in {
+            Some(_) => "chat.postMessage",
+            None => "chat.update",
+        };
+        let with_fields = |message: MessageText| {
+            let full = fields
+                .iter()
+                .fold(message, |m, (key, value)| m.with(key, value));
+            full.into_string()
+        };
+        let refused = match self
+            .call_paced(method, paced_in, with_fields(message))
+            .await
+        {
+            Err(refused) if too_long(&refused).is_some() => refused,
+            answer => return answer,
+        };
+        let error = too_long(&refused).unwrap_or_default();
+        match shorter(error) {
+            Ok(short) => {
+                tracing::warn!(run = %run.id, method, %error, "Slack refused a message as too long; its short version goes instead");
+                self.call_paced(method, paced_in, with_fields(short)).await
+            }
+            Err(render) => {
+                tracing::error!(run = %run.id, %render, "the short version of a message does not render");
+                Err(refused)
+            }
+        }
     }
 
     /// Calls Slack, waiting out rate limits as Slack asks; a message posted to a channel

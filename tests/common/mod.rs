@@ -334,6 +334,18 @@ impl TestApp {
         );
     }
 
+    /// Waits (up to 10 s) until a line of the run matches; a backend's note on what it did is
+    /// recorded after the receiver has it.
+    pub async fn wait_for_logged(&self, id: &str, wanted: impl Fn(&str) -> bool) {
+        for _ in 0..100 {
+            if self.log_lines(id).await.iter().any(|l| wanted(l)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.assert_logged(id, wanted).await;
+    }
+
     /// A catalog entity through the API: the status and the entity (`Null` if none).
     pub async fn entity(&self, blueprint: &str, id: &str) -> (StatusCode, Value) {
         let path = format!("/v1/blueprints/{blueprint}/entities/{id}");
@@ -517,6 +529,9 @@ pub struct FakeSlack {
     /// While set, a message whose blocks take more than this many characters (as JSON) is
     /// refused with `msg_blocks_too_long`, as Slack has done below its documented limits.
     pub refuse_blocks_over: Arc<Mutex<Option<usize>>>,
+    /// While set, a message whose blocks hold this text (as JSON) is refused with
+    /// `invalid_blocks`, as Slack refuses a block it takes for malformed.
+    pub refuse_blocks_with: Arc<Mutex<Option<String>>>,
     /// The channels of the calls `refuse_method` refused, in order.
     pub refused_in: Arc<Mutex<Vec<String>>>,
     /// Answer this many next calls with HTTP 503.
@@ -561,6 +576,7 @@ impl FakeSlack {
             refuse_method: Arc::default(),
             refused_in: Arc::default(),
             refuse_blocks_over: Arc::default(),
+            refuse_blocks_with: Arc::default(),
             fail_next: Arc::default(),
             down_for_token: Arc::default(),
             not_in: Arc::default(),
@@ -638,6 +654,13 @@ impl FakeSlack {
                                     .is_some_and(|b| b.to_string().len() > most)
                             }) {
                                 return refuse("msg_blocks_too_long");
+                            }
+                            let blocks_with = state.refuse_blocks_with.lock().unwrap().clone();
+                            if blocks_with.is_some_and(|text| {
+                                body.get("blocks")
+                                    .is_some_and(|b| b.to_string().contains(&text))
+                            }) {
+                                return refuse("invalid_blocks");
                             }
                             if let Some(problem) = limits_broken(&method, &body) {
                                 state.invalid.fetch_add(1, SeqCst);
