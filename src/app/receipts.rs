@@ -31,6 +31,10 @@ pub const KEPT: Duration = Duration::from_secs(3600);
 /// commands an hour a chat bot is under attack, and memory must stay bounded).
 const AT_MOST: usize = 100_000;
 
+/// Expired receipts one change removes at most, so that a change stays small after a start
+/// that found many.
+const REMOVED_PER_CHANGE: usize = 1_000;
+
 /// Delivery ids longer than this are remembered by their hash (ids are a platform's, but a
 /// store entry's key must stay short).
 const LONGEST_ID: usize = 128;
@@ -185,7 +189,11 @@ impl Claim {
         if self.stored {
             change.put_receipt(self.at_ms, &self.id, run);
         }
-        let expired = std::mem::take(&mut self.receipts.lock().expired);
+        let expired: Vec<(u64, Arc<str>)> = {
+            let mut taken = self.receipts.lock();
+            let from = taken.expired.len().saturating_sub(REMOVED_PER_CHANGE);
+            taken.expired.drain(from..).collect()
+        };
         for (at_ms, id) in expired {
             change.remove_receipt(at_ms, &id);
         }
@@ -293,6 +301,26 @@ mod tests {
             2,
             "old's new receipt and its expired one's removal"
         );
+    }
+
+    #[test]
+    fn a_change_removes_a_bounded_number_of_expired_receipts() {
+        let stored = (0..2_500)
+            .map(|n| StoredReceipt {
+                at_ms: n,
+                delivery: format!("d:{n}"),
+                run: None,
+            })
+            .collect();
+        let receipts = Arc::new(Receipts::load(stored, 2 * HOUR_MS));
+        for (n, removed) in [(0, 1_000), (1, 1_000), (2, 500), (3, 0)] {
+            let claim = receipts
+                .claim(Received::Delivery(&format!("new{n}")), 2 * HOUR_MS)
+                .unwrap();
+            let mut change = Change::default();
+            claim.record(&mut change, None);
+            assert_eq!(change.len(), 1 + removed);
+        }
     }
 
     #[test]
