@@ -96,6 +96,10 @@ pub struct SlackSettings {
     /// `response_url` when ready, and the command is answered at once that it follows (Slack
     /// waits 3 s); 0 sends every answer that way.
     pub defer_after_ms: u64,
+    /// Socket Mode: portbot pings Slack this often, and takes a connection that has sent
+    /// nothing for twice as long for dead and opens a new one (such connections have gone
+    /// silent for hours without a word of closing).
+    pub socket_ping_interval_ms: u64,
 }
 
 /// The Discord application (CONTRACT §1). Its endpoint exists only when `enabled`.

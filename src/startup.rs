@@ -179,7 +179,8 @@ fn start_slack(settings: &Settings, app: &App) -> anyhow::Result<axum::Router> {
         defer_after: answer_deadline("slack", settings.slack.defer_after_ms)?,
     };
     if let Some(app_token) = settings.slack.app_token.clone() {
-        slack::socket::spawn(state.clone(), app_token);
+        let ping_every = Duration::from_millis(settings.slack.socket_ping_interval_ms.max(1));
+        slack::socket::spawn(state.clone(), app_token, ping_every);
     }
     Ok(slack::router(state))
 }

@@ -1506,16 +1506,69 @@ async fn exchange(
         .send(Message::text(envelope.to_string()))
         .await
         .unwrap();
-    match socket.next().await.unwrap().unwrap() {
-        Message::Text(text) => serde_json::from_str(&text).unwrap(),
-        other => panic!("expected an ack, got {other:?}"),
+    loop {
+        match socket.next().await.unwrap().unwrap() {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            // Answered by tungstenite as the stream is read.
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected an ack, got {other:?}"),
+        }
     }
+}
+
+/// The socket a Socket Mode portbot opens next, after Slack's `hello`.
+async fn next_socket(
+    listener: &tokio::net::TcpListener,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use futures_util::SinkExt;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+    let hello = json!({"type": "hello", "num_connections": 1}).to_string();
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(hello))
+        .await
+        .unwrap();
+    socket
+}
+
+/// A Socket Mode connection that goes silent (it answers no ping) is given up and opened anew,
+/// and commands arrive on the new one.
+#[tokio::test]
+async fn a_silent_socket_mode_connection_is_opened_anew() {
+    let fake = FakeSlack::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    *fake.socket_url.lock().unwrap() =
+        Some(format!("ws://{}/link", listener.local_addr().unwrap()));
+    let app = slack_app_tweaked(&fake, |settings| {
+        settings.slack.app_token = Some(serde_json::from_value(json!("xapp-test")).unwrap());
+        settings.slack.socket_ping_interval_ms = 100;
+    })
+    .await;
+    // Never read, so its pings go unanswered.
+    let _silent = next_socket(&listener).await;
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_secs(5), next_socket(&listener)).await;
+    let mut socket = accepted.expect("a new connection after the silence");
+    let opened = fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "apps.connections.open")
+        .count();
+    assert_eq!(opened, 2);
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(&form("UDEV", "add-documentdb mailer instances=2")).unwrap();
+    let command: serde_json::Map<String, Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k, Value::from(v)))
+        .collect();
+    let envelope = json!({"envelope_id": "e-1", "type": "slash_commands", "payload": command, "accepts_response_payload": true});
+    let ack = exchange(&mut socket, envelope).await;
+    assert_eq!(ack["payload"]["response_type"], "ephemeral", "{ack}");
+    assert_eq!(run_count(&app).await, 1);
 }
 
 #[tokio::test]
 async fn socket_mode_carries_commands_and_clicks() {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     let fake = FakeSlack::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     *fake.socket_url.lock().unwrap() =
@@ -1524,14 +1577,7 @@ async fn socket_mode_carries_commands_and_clicks() {
         settings.slack.app_token = Some(serde_json::from_value(json!("xapp-test")).unwrap());
     })
     .await;
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
-    socket
-        .send(Message::text(
-            json!({"type": "hello", "num_connections": 1}).to_string(),
-        ))
-        .await
-        .unwrap();
+    let mut socket = next_socket(&listener).await;
     let form_json = |body: &str| -> Value {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(body).unwrap();
         Value::Object(
@@ -1561,7 +1607,11 @@ async fn socket_mode_carries_commands_and_clicks() {
     let click_payload: Value = serde_json::from_str(&pairs[0].1).unwrap();
     let envelope = json!({"envelope_id": "e-2", "type": "interactive", "payload": click_payload, "accepts_response_payload": false});
     let ack = exchange(&mut socket, envelope).await;
-    assert_eq!(ack["envelope_id"], "e-2");
+    assert_eq!(
+        ack,
+        json!({"envelope_id": "e-2"}),
+        "no payload where none is accepted"
+    );
     app.wait_for(&run, "SUCCESS").await;
     assert!(fake
         .calls()

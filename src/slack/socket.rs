@@ -3,8 +3,12 @@
 //! (`apps.connections.open`) and receives the same slash commands and interactions there.
 //!
 //! Each envelope is answered by the same code as the HTTP endpoints, and acknowledged with its
-//! `envelope_id`, the answer as its `payload`. The socket is reopened whenever Slack closes it
-//! or asks to (`disconnect`), after a growing pause when opening fails.
+//! `envelope_id`, the answer as its `payload` where the envelope `accepts_response_payload`.
+//! The socket is reopened whenever Slack closes it or asks to (`disconnect`), after a growing
+//! pause when opening fails, and when it has gone silent: portbot pings every
+//! `slack.socket_ping_interval_ms`, and a socket that sent nothing (not even a pong) for two
+//! intervals is taken for dead (PROTOCOL-NOTES: such sockets have stayed open for hours, and
+//! Slack does not send again what it could not deliver).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::interactions::interaction_reply;
@@ -21,13 +26,13 @@ use crate::config::Secret;
 /// The longest pause before opening the socket again.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
-/// Keeps a Socket Mode connection open until the process stops.
-pub fn spawn(state: SlackState, app_token: Secret) {
+/// Keeps a Socket Mode connection open until the process stops, pinging it every `ping_every`.
+pub fn spawn(state: SlackState, app_token: Secret, ping_every: Duration) {
     let state = Arc::new(state);
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(500);
         loop {
-            match session(&state, &app_token).await {
+            match session(&state, &app_token, ping_every).await {
                 Ok(()) => pause = Duration::from_millis(500),
                 Err(error) => {
                     tracing::warn!(%error, ?pause, "Socket Mode connection failed; will retry");
@@ -39,8 +44,12 @@ pub fn spawn(state: SlackState, app_token: Secret) {
     });
 }
 
-/// One connection, until Slack closes it or asks for a new one.
-async fn session(state: &Arc<SlackState>, app_token: &Secret) -> Result<(), String> {
+/// One connection, until Slack closes it, asks for a new one, or falls silent.
+async fn session(
+    state: &Arc<SlackState>,
+    app_token: &Secret,
+    ping_every: Duration,
+) -> Result<(), String> {
     let opened = state
         .api
         .with_token(app_token.clone())
@@ -55,9 +64,13 @@ async fn session(state: &Arc<SlackState>, app_token: &Secret) -> Result<(), Stri
         .map_err(|e| format!("cannot open the socket: {e}"))?;
     let (mut outgoing, mut incoming) = socket.split();
     let (acks, mut to_send) = mpsc::unbounded_channel::<String>();
+    let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
-            message = incoming.next() => match message {
+            message = incoming.next() => {
+                heard = Instant::now();
+                match message {
                 Some(Ok(Message::Text(text))) => {
                     let Ok(envelope) = serde_json::from_str::<Value>(&text) else { continue };
                     if envelope["type"] == "disconnect" {
@@ -77,7 +90,16 @@ async fn session(state: &Arc<SlackState>, app_token: &Secret) -> Result<(), Stri
                 Some(Ok(Message::Close(_))) | None => return Ok(()),
                 Some(Ok(_)) => {}
                 Some(Err(error)) => return Err(error.to_string()),
-            },
+                }
+            }
+            _ = pings.tick() => {
+                let silent = heard.elapsed();
+                if silent >= 2 * ping_every {
+                    tracing::warn!(?silent, "the Socket Mode connection went silent; opening a new one");
+                    return Ok(());
+                }
+                outgoing.send(Message::Ping(Default::default())).await.map_err(|e| e.to_string())?;
+            }
             Some(ack) = to_send.recv() => {
                 outgoing.send(Message::text(ack)).await.map_err(|e| e.to_string())?;
             }
@@ -89,6 +111,7 @@ async fn session(state: &Arc<SlackState>, app_token: &Secret) -> Result<(), Stri
 async fn answer(state: &Arc<SlackState>, envelope: Value) -> Option<Value> {
     let id = envelope["envelope_id"].as_str()?.to_owned();
     let payload = envelope["payload"].clone();
+    let accepts_payload = envelope["accepts_response_payload"] == true;
     let response = match envelope["type"].as_str() {
         Some("slash_commands") => match serde_json::from_value::<SlashCommand>(payload) {
             Ok(form) => Some(command_reply(state, form).await),
@@ -98,7 +121,8 @@ async fn answer(state: &Arc<SlackState>, envelope: Value) -> Option<Value> {
         _ => None,
     };
     let mut ack = json!({ "envelope_id": id });
-    if let Some(response) = response {
+    // Slack allows an answer in the ack only where the envelope says so.
+    if let Some(response) = response.filter(|_| accepts_payload) {
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .ok()?;
