@@ -315,7 +315,7 @@ impl App {
         let CheckedRun {
             mut run,
             kinds,
-            claim,
+            mut claim,
             form,
         } = checked;
         let action = self.action(run.action.identifier.as_str())?;
@@ -326,7 +326,7 @@ impl App {
         self.check_locks(action, &run)?;
         let mut change = Change::default();
         let events = self.stage(&mut run, kinds, &mut change);
-        if let Some(claim) = &claim {
+        if let Some(claim) = &mut claim {
             claim.record(&mut change, Some(&run.id));
         }
         if let Some(form) = &form {
@@ -352,7 +352,7 @@ impl App {
     /// Stores the receipt of a claimed delivery that was applied. (Applying and keeping are
     /// two changes: a crash between them lets the delivery be applied again when it comes
     /// again, which for GitHub's events repeats at most a log line.)
-    pub async fn keep_delivery(&self, claim: Claim) -> Result<(), AppError> {
+    pub async fn keep_delivery(&self, mut claim: Claim) -> Result<(), AppError> {
         let mut change = Change::default();
         claim.record(&mut change, None);
         self.inner.store.commit(change).await?;

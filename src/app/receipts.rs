@@ -8,9 +8,12 @@
 //! change it belongs to is durable: its receipt is written in that same store change (a run's
 //! creation, say), so after a crash a delivery is either taken together with what it did or not
 //! at all. A claim dropped without being kept (the request was refused, the store failed) is
-//! released, so the delivery is taken when it comes again. At start the receipts of the last
-//! [`KEPT`] are read back from the store; older ones are removed from it by the next change that
-//! writes a receipt.
+//! released, so the delivery is taken when it comes again. (A request cancelled after its
+//! change reached the log but before the claim was kept releases it too: until a restart, a
+//! copy would be taken again. Nothing portbot does cancels them; a client hanging up does not.)
+//! At start the receipts of the last [`KEPT`] are read back from the store; older ones are
+//! removed from it by the later changes that carry a claim (at most [`REMOVED_PER_CHANGE`]
+//! each, put back when that change fails).
 //!
 //! A form's receipt is not stored: the run's change drops the form itself, and a form that is
 //! gone cannot be submitted again.
@@ -28,7 +31,8 @@ use crate::store::{Change, StoredReceipt};
 pub const KEPT: Duration = Duration::from_secs(3600);
 
 /// Receipts remembered at most; past it the oldest are forgotten early (at a hundred thousand
-/// commands an hour a chat bot is under attack, and memory must stay bounded).
+/// commands an hour a chat bot is under attack, and memory must stay bounded). Claims still in
+/// flight are never forgotten early.
 const AT_MOST: usize = 100_000;
 
 /// Expired receipts one change removes at most, so that a change stays small after a start
@@ -87,6 +91,9 @@ pub struct Claim {
     at_ms: u64,
     stored: bool,
     kept: bool,
+    /// Expired receipts [`Claim::record`] put in its change for removal: given back when the
+    /// claim is dropped without being kept, so a later change removes them.
+    removing: Vec<(u64, Arc<str>)>,
 }
 
 /// The id a delivery is remembered by: forms and deliveries apart, long ids by their hash.
@@ -120,7 +127,11 @@ impl Receipts {
                     state,
                     stored: true,
                 };
-                taken.by_id.insert(id, entry);
+                // The same id taken twice (over an hour apart): the older one only waits to
+                // be removed. (Read in time order: keys sort by their fixed-width time.)
+                if let Some(older) = taken.by_id.insert(id.clone(), entry) {
+                    taken.expired.push((older.at_ms, id));
+                }
             }
             taken.forget_old(now_ms);
         }
@@ -158,6 +169,7 @@ impl Receipts {
             at_ms: now_ms,
             stored,
             kept: false,
+            removing: Vec::new(),
         })
     }
 }
@@ -166,18 +178,33 @@ impl Taken {
     /// Forgets what was claimed more than [`KEPT`] before `now_ms`, or past [`AT_MOST`].
     fn forget_old(&mut self, now_ms: u64) {
         let kept_ms = KEPT.as_millis() as u64;
-        while let Some((at_ms, id)) = self.order.front() {
-            if now_ms.saturating_sub(*at_ms) < kept_ms && self.order.len() <= AT_MOST {
+        // Each entry is looked at once at most, so claims in flight put back cannot loop.
+        for _ in 0..self.order.len() {
+            let Some((at_ms, _)) = self.order.front() else {
+                break;
+            };
+            let expired = now_ms.saturating_sub(*at_ms) >= kept_ms;
+            if !expired && self.by_id.len() <= AT_MOST {
                 break;
             }
-            // An id released and claimed again has a later entry of its own in `order`.
-            if self.by_id.get(id).is_some_and(|e| e.at_ms == *at_ms) {
-                let entry = self.by_id.remove(id).expect("looked up just now");
-                if entry.stored {
-                    self.expired.push((*at_ms, id.clone()));
-                }
+            let (at_ms, id) = self.order.pop_front().expect("looked at just now");
+            // An id released (and perhaps claimed again) has no entry of this time.
+            let Some(entry) = self.by_id.get(&id).filter(|e| e.at_ms == at_ms) else {
+                continue;
+            };
+            if !expired && matches!(entry.state, State::InFlight) {
+                self.order.push_back((at_ms, id));
+                continue;
             }
-            self.order.pop_front();
+            if self.by_id.remove(&id).is_some_and(|e| e.stored) {
+                self.expired.push((at_ms, id));
+            }
+        }
+        // Released claims leave their place in `order`; a flood of them is dropped here.
+        if self.order.len() > 2 * AT_MOST.max(self.by_id.len()) {
+            let by_id = &self.by_id;
+            self.order
+                .retain(|(at_ms, id)| by_id.get(id).is_some_and(|e| e.at_ms == *at_ms));
         }
     }
 }
@@ -185,17 +212,17 @@ impl Taken {
 impl Claim {
     /// Adds the receipt to `change`, the change that does what the delivery asked, with the
     /// removal of receipts forgotten since; [`Claim::keep`] once it is committed.
-    pub fn record(&self, change: &mut Change, run: Option<&RunId>) {
+    pub fn record(&mut self, change: &mut Change, run: Option<&RunId>) {
         if self.stored {
             change.put_receipt(self.at_ms, &self.id, run);
         }
-        let expired: Vec<(u64, Arc<str>)> = {
+        {
             let mut taken = self.receipts.lock();
             let from = taken.expired.len().saturating_sub(REMOVED_PER_CHANGE);
-            taken.expired.drain(from..).collect()
-        };
-        for (at_ms, id) in expired {
-            change.remove_receipt(at_ms, &id);
+            self.removing.extend(taken.expired.drain(from..));
+        }
+        for (at_ms, id) in &self.removing {
+            change.remove_receipt(*at_ms, id);
         }
     }
 
@@ -204,8 +231,10 @@ impl Claim {
         self.kept = true;
         let mut taken = self.receipts.lock();
         if let Some(entry) = taken.by_id.get_mut(&self.id) {
-            entry.state = State::Kept(run);
-            entry.stored = self.stored;
+            if entry.at_ms == self.at_ms {
+                entry.state = State::Kept(run);
+                entry.stored = self.stored;
+            }
         }
     }
 }
@@ -216,6 +245,7 @@ impl Drop for Claim {
             return;
         }
         let mut taken = self.receipts.lock();
+        taken.expired.append(&mut self.removing);
         if taken
             .by_id
             .get(&self.id)
@@ -264,14 +294,14 @@ mod tests {
     fn a_receipt_is_forgotten_after_an_hour_and_then_removed_from_the_store() {
         let receipts = Arc::new(Receipts::default());
         let mut change = Change::default();
-        let first = receipts.claim(Received::Delivery("d1"), 0).unwrap();
+        let mut first = receipts.claim(Received::Delivery("d1"), 0).unwrap();
         first.record(&mut change, Some(&run()));
         assert_eq!(change.len(), 1, "the receipt");
         first.keep(Some(run()));
         assert!(receipts
             .claim(Received::Delivery("d1"), HOUR_MS - 1)
             .is_err());
-        let later = receipts.claim(Received::Delivery("d2"), HOUR_MS).unwrap();
+        let mut later = receipts.claim(Received::Delivery("d2"), HOUR_MS).unwrap();
         let mut change = Change::default();
         later.record(&mut change, None);
         assert_eq!(change.len(), 2, "d2's receipt and d1's removal");
@@ -291,7 +321,7 @@ mod tests {
             receipts.claim(Received::Delivery("new"), HOUR_MS + 6).err(),
             Some(Repeated { run: Some(run()) })
         );
-        let old = receipts
+        let mut old = receipts
             .claim(Received::Delivery("old"), HOUR_MS + 6)
             .unwrap();
         let mut change = Change::default();
@@ -314,13 +344,97 @@ mod tests {
             .collect();
         let receipts = Arc::new(Receipts::load(stored, 2 * HOUR_MS));
         for (n, removed) in [(0, 1_000), (1, 1_000), (2, 500), (3, 0)] {
-            let claim = receipts
+            let mut claim = receipts
                 .claim(Received::Delivery(&format!("new{n}")), 2 * HOUR_MS)
                 .unwrap();
             let mut change = Change::default();
             claim.record(&mut change, None);
             assert_eq!(change.len(), 1 + removed);
+            claim.keep(None);
         }
+    }
+
+    #[test]
+    fn removals_of_a_change_that_failed_go_to_the_next() {
+        let stored = vec![StoredReceipt {
+            at_ms: 0,
+            delivery: "d:old".into(),
+            run: None,
+        }];
+        let receipts = Arc::new(Receipts::load(stored, 2 * HOUR_MS));
+        let mut failed = receipts
+            .claim(Received::Delivery("a"), 2 * HOUR_MS)
+            .unwrap();
+        let mut change = Change::default();
+        failed.record(&mut change, None);
+        assert_eq!(change.len(), 2);
+        drop(failed);
+        let mut next = receipts
+            .claim(Received::Delivery("a"), 2 * HOUR_MS)
+            .unwrap();
+        let mut change = Change::default();
+        next.record(&mut change, None);
+        assert_eq!(change.len(), 2, "the receipt and the removal given back");
+    }
+
+    #[test]
+    fn an_id_stored_twice_has_its_older_receipt_removed() {
+        let stored = |at_ms| StoredReceipt {
+            at_ms,
+            delivery: "d:x".into(),
+            run: None,
+        };
+        let receipts = Arc::new(Receipts::load(
+            vec![stored(0), stored(HOUR_MS)],
+            HOUR_MS + 1,
+        ));
+        assert!(receipts
+            .claim(Received::Delivery("x"), HOUR_MS + 2)
+            .is_err());
+        let mut other = receipts
+            .claim(Received::Delivery("y"), HOUR_MS + 2)
+            .unwrap();
+        let mut change = Change::default();
+        other.record(&mut change, None);
+        assert_eq!(change.len(), 2, "y's receipt and x's older one's removal");
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_kept_go_but_claims_in_flight_stay() {
+        let receipts = Arc::new(Receipts::default());
+        let in_flight = receipts.claim(Received::Delivery("first"), 0).unwrap();
+        for n in 0..AT_MOST + 10 {
+            let id = format!("d{n}");
+            receipts
+                .claim(Received::Delivery(&id), 1)
+                .unwrap()
+                .keep(None);
+        }
+        assert_eq!(
+            receipts.claim(Received::Delivery("first"), 2).err(),
+            Some(Repeated { run: None }),
+            "still in flight"
+        );
+        assert!(
+            receipts.claim(Received::Delivery("d0"), 2).is_ok(),
+            "forgotten early"
+        );
+        assert!(receipts.claim(Received::Delivery("d500"), 2).is_err());
+        in_flight.keep(None);
+        assert!(receipts.lock().by_id.len() <= AT_MOST + 1);
+    }
+
+    #[test]
+    fn released_claims_leave_no_lasting_trace() {
+        let receipts = Arc::new(Receipts::default());
+        for n in 0..3 * AT_MOST {
+            drop(
+                receipts
+                    .claim(Received::Delivery(&format!("d{n}")), 1)
+                    .unwrap(),
+            );
+        }
+        assert!(receipts.lock().order.len() <= 2 * AT_MOST + 1);
     }
 
     #[test]

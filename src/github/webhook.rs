@@ -79,7 +79,11 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
         return answer(StatusCode::BAD_REQUEST, "the body is not JSON");
     };
     let event = header("x-github-event").unwrap_or_default();
-    // Asked to send an event again, GitHub uses the same delivery id.
+    let Some((run, observation)) = observation(event, &payload) else {
+        return answer(StatusCode::OK, "nothing for portbot in this event");
+    };
+    // Asked to send an event again, GitHub uses the same delivery id. (Claimed only for events
+    // about a run: the others, however many, leave no receipt.)
     let claim = match header("x-github-delivery") {
         Some(delivery) => match state.app.claim_delivery(&format!("github:{delivery}")) {
             Ok(claim) => Some(claim),
@@ -89,9 +93,6 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             Err(error) => return failed(&error, None),
         },
         None => None,
-    };
-    let Some((run, observation)) = observation(event, &payload) else {
-        return answer(StatusCode::OK, "nothing for portbot in this event");
     };
     let applied = match conclude(&state.app, &run, observation).await {
         Ok(()) | Err(AppError::RunNotFound(_)) => Ok(()),

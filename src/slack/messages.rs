@@ -40,6 +40,7 @@ mod tests {
     /// A run card's or approval request's data with `hostile` in every text a user can set.
     fn run_data(hostile: &str) -> serde_json::Value {
         let input = json!({"name": hostile, "value": hostile, "old": hostile});
+        let decision = json!({"by": "<@U2>", "decision": "DECLINE", "description": hostile, "at": "2026-12-03 10:00 UTC"});
         json!({
             "run": {
                 "id": "r_0123", "status": "SUCCESS", "statusLabel": hostile, "link": null,
@@ -49,7 +50,7 @@ mod tests {
             "requester": "<@U1>",
             "inputs": vec![input; 9],
             "more_inputs": 3,
-            "decisions": [{"by": "<@U2>", "decision": "DECLINE", "description": hostile, "at": "2026-12-03 10:00 UTC"}],
+            "decisions": vec![decision; 30],
             "pending": true,
             "error": hostile,
             "unreachable_channel": "<#C1>",

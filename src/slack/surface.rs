@@ -93,7 +93,7 @@ impl Surface for SlackSurface {
         let shows = card_shows(card.as_str());
         let to = [("channel", &json!(direct))];
         let answer = self
-            .call_or_shorter(Some((direct, Urgent)), card, &to, run, &shorter)
+            .call_or_shorter(POST, Some((direct, Urgent)), card, &to, run, &shorter)
             .await
             .map_err(|error| AppError::Delivery(error.to_string()))?;
         let mut reference = card_reference(direct, &answer, shows);
@@ -116,7 +116,7 @@ impl Surface for SlackSurface {
         let data = || reply_data(run, group, Self::LOG_LIMIT, mention);
         let message = self.render("thread_reply", data())?;
         let shorter = |error: &str| self.short("thread_reply_short", data(), error);
-        self.call_or_shorter(paced_in, message, &in_thread, run, &shorter)
+        self.call_or_shorter(POST, paced_in, message, &in_thread, run, &shorter)
             .await
             .map(|_| None)
             .map_err(|error| AppError::Delivery(error.to_string()))
@@ -193,6 +193,8 @@ fn too_long(error: &SlackApiError) -> Option<&str> {
 
 /// A message rendered in its short template, given Slack's refusal of the full one.
 type Shorter<'a> = &'a (dyn Fn(&str) -> Result<MessageText, AppError> + Send + Sync);
+
+const POST: &str = "chat.postMessage";
 
 /// The key of `chat.update` in its [`UpdateBudget`]'s pace.
 const UPDATES: &str = "chat.update";
@@ -328,7 +330,10 @@ impl SlackSurface {
         ts: &Value,
     ) -> Result<(), AppError> {
         let at = [("channel", channel), ("ts", ts)];
-        match self.call_or_shorter(None, message, &at, run, shorter).await {
+        match self
+            .call_or_shorter("chat.update", None, message, &at, run, shorter)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(SlackApiError::Refused { error, .. }) if MESSAGE_GONE.contains(&error.as_str()) => {
                 Err(AppError::MessageGone(error))
@@ -348,8 +353,9 @@ impl SlackSurface {
     ) -> Result<Posted, AppError> {
         let to = json!(channel);
         let to = [("channel", &to)];
-        let post =
-            |message| self.call_or_shorter(Some((channel, Urgent)), message, &to, run, shorter);
+        let post = |message| {
+            self.call_or_shorter(POST, Some((channel, Urgent)), message, &to, run, shorter)
+        };
         let refusal = match post(message.clone()).await {
             Ok(answer) => return Ok(Posted::Sent(answer)),
             Err(SlackApiError::Refused { error, .. })
@@ -374,21 +380,19 @@ impl SlackSurface {
             .map_err(|error| AppError::Delivery(error.to_string()))
     }
 
-    /// Posts `message` (`chat.postMessage` when it goes to a channel, `paced_in`, else
+    /// Sends `message` with `method` (`chat.postMessage`, waiting for a slot in `paced_in`, or
     /// `chat.update`), with `fields` (its channel, its `ts` or `thread_ts`) added. Where Slack
-    /// refuses it as too long, it goes once more as `shorter` renders it.
+    /// refuses it as too long, it goes once more as `shorter` renders it. (A card that fits only
+    /// short so costs two calls per update, the refused one outside the `UpdateBudget`.)
     async fn call_or_shorter(
         &self,
+        method: &str,
         paced_in: Option<(&str, Priority)>,
         message: MessageText,
         fields: &[(&str, &Value)],
         run: &Run,
         shorter: Shorter<'_>,
     ) -> Result<Value, SlackApiError> {
-        let method = match paced_in {
-            Some(_) => "chat.postMessage",
-            None => "chat.update",
-        };
         let with_fields = |message: MessageText| {
             let full = fields
                 .iter()

@@ -2,8 +2,9 @@
 //!
 //! sled costs about 3 µs per key written, whatever the value's size, and the small per-run
 //! index entries (`active/<run>`, `due/<consumer>/<run>`) were half of the keys a run wrote.
-//! So sled holds them in *chunks*: entries of one family whose run ids share their first
-//! [`Chunking::bucket`] bytes (for portbot's ids, runs made within the same 16 ms) live in one
+//! So sled holds them, and the inbound deliveries' receipts (`rcpt/t_<time>/<id>`), in
+//! *chunks*: entries of one family whose keys share their first [`Chunking::bucket`] bytes
+//! after the family prefix (for run ids and receipt times alike, the same 16 ms) live in one
 //! sled value under `ix/<family prefix><bucket>`, written once per drain of the store's memory
 //! layer however many entries changed.
 //!
@@ -24,7 +25,7 @@ pub struct Chunking {
     /// The top-level prefixes of the chunked families (stores from before chunks kept their
     /// entries as keys of their own under these).
     pub prefixes: &'static [&'static [u8]],
-    /// For a key of a chunked family, the length of its family prefix (`active/`,
+    /// For a key of a chunked family, the length of its family prefix (`active/`, `rcpt/`,
     /// `due/<consumer>/`); `None` for any other key.
     pub family: fn(&[u8]) -> Option<usize>,
     /// Entries sharing this many first bytes after the family prefix share a chunk.
