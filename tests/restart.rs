@@ -41,12 +41,21 @@ impl Drop for Server {
     }
 }
 
-/// Starts the binary; its log goes to `log`. Checkpoints are rare, so that what the first server
-/// acknowledged survives the kill in the write-ahead log only, and the restart must replay it.
-async fn start(dir: &Path, addr: SocketAddr, log: &str) -> Server {
-    start_with(dir, addr, log, &[]).await
+/// [`start_with`], and a client of it.
+async fn serve(
+    dir: &Path,
+    addr: SocketAddr,
+    log: &str,
+    env: &[(&str, String)],
+) -> (Server, TestApp) {
+    let server = start_with(dir, addr, log, env).await;
+    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    (server, app)
 }
 
+/// Starts the binary, with `env` over the tests' defaults; its log goes to `log`. Checkpoints
+/// are rare, so that what the first server acknowledged survives the kill in the write-ahead
+/// log only, and the restart must replay it.
 async fn start_with(dir: &Path, addr: SocketAddr, log: &str, env: &[(&str, String)]) -> Server {
     let server = Server(
         Command::new(common::binary())
@@ -94,8 +103,7 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
     );
     let dir = common::deployment(&[webhook, long]);
     let addr = free_addr();
-    let server = start(dir.path(), addr, "first.log").await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "first.log", &[]).await;
 
     let waiting = app
         .run_id(
@@ -138,7 +146,7 @@ async fn a_killed_bot_loses_nothing_and_resumes() {
 
     server.kill();
     let receiver = Receiver::start_on(hook_addr).await;
-    let _server = start(dir.path(), addr, "second.log").await;
+    let _server = start_with(dir.path(), addr, "second.log", &[]).await;
     let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
     assert!(log.contains("replayed the write-ahead log"), "{log}");
     let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
@@ -189,8 +197,7 @@ async fn a_kill_while_log_segments_are_reused_loses_nothing() {
     let dir = common::deployment(&[]);
     let addr = free_addr();
     let often = [("PORTBOT__STORAGE__CHECKPOINT_INTERVAL_MS", "20".to_owned())];
-    let server = start_with(dir.path(), addr, "first.log", &often).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "first.log", &often).await;
     let run = app
         .run_id(
             DEV,
@@ -229,8 +236,7 @@ async fn a_kill_while_log_segments_are_reused_loses_nothing() {
         "no log file was reused as a later segment: {names:?}"
     );
 
-    let _server = start_with(dir.path(), addr, "second.log", &often).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = serve(dir.path(), addr, "second.log", &often).await;
     assert_eq!(app.log_lines(&run).await, expected);
     assert_eq!(app.run(&run).await["status"], "WAITING_FOR_APPROVAL");
 }
@@ -307,11 +313,7 @@ async fn restarted_a_second_later(
 ) -> (Server, TestApp) {
     server.kill();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let server = start_with(dir, addr, "b.log", env).await;
-    (
-        server,
-        TestApp::connect(addr, tempfile::tempdir().unwrap()).await,
-    )
+    serve(dir, addr, "b.log", env).await
 }
 
 async fn assert_one_run(app: &TestApp) -> String {
@@ -336,8 +338,7 @@ async fn a_slack_command_replayed_or_sent_again_after_a_restart_makes_no_second_
     let dir = common::deployment(&[]);
     let env = slack_env(dir.path(), &fake);
     let addr = free_addr();
-    let server = start_with(dir.path(), addr, "a.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "a.log", &env).await;
     let body = form("UDEV", "add-documentdb mailer instances=2");
     let signed_at = chrono::Utc::now().timestamp();
     let command = "/slack/commands";
@@ -369,8 +370,7 @@ async fn slack_steps_survive_a_kill() {
     let mut first_env = env.clone();
     first_env.retain(|(key, _)| *key != "PORTBOT__SLACK__BOT_TOKEN");
     first_env.push(("PORTBOT__SLACK__BOT_TOKEN", "xoxb-killed".to_owned()));
-    let server = start_with(dir.path(), addr, "a.log", &first_env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "a.log", &first_env).await;
 
     // 1. A form opens; 2. a run is stored while Slack is down, so its card is not posted yet.
     let (status, _) = post_slack(
@@ -402,8 +402,7 @@ async fn slack_steps_survive_a_kill() {
     server.kill();
 
     // After the restart the card and the approval request go out, once each.
-    let server = start_with(dir.path(), addr, "b.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "b.log", &env).await;
     let posted_about = |channel: &str, run: &str| {
         fake.calls()
             .iter()
@@ -438,8 +437,7 @@ async fn slack_steps_survive_a_kill() {
 
     // 3. The approval request posted before a kill is still decided by its button.
     server.kill();
-    let _server = start_with(dir.path(), addr, "c.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = serve(dir.path(), addr, "c.log", &env).await;
     let (status, _) = post_slack(
         &app,
         "/slack/interactions",
@@ -494,8 +492,7 @@ async fn a_card_update_held_back_by_slacks_limit_is_made_after_a_kill() {
     };
     let (first_env, env) = (with_updates("3"), with_updates("1"));
     let addr = free_addr();
-    let server = start_with(dir.path(), addr, "a.log", &first_env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "a.log", &first_env).await;
     let (status, _) = post_slack(&app, "/slack/commands", &form("UDEV", "hook mailer")).await;
     assert_eq!(status, 200);
     let (_, body) = app.admin("GET", "/v1/actions/runs", None, None).await;
@@ -555,8 +552,7 @@ async fn a_discord_command_replayed_or_sent_again_after_a_restart_makes_no_secon
     let dir = common::deployment(&[]);
     let env = discord_env(dir.path(), &fake);
     let addr = free_addr();
-    let server = start_with(dir.path(), addr, "a.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "a.log", &env).await;
     let command = discord::command(
         discord::DEV,
         "add-documentdb",
@@ -584,8 +580,7 @@ async fn discord_steps_survive_a_kill() {
     let dir = common::deployment(&[]);
     let env = discord_env(dir.path(), &fake);
     let addr = free_addr();
-    let server = start_with(dir.path(), addr, "a.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "a.log", &env).await;
     let posted_about = |channel: &str, run: &str| {
         fake.posted_in(channel)
             .iter()
@@ -623,8 +618,7 @@ async fn discord_steps_survive_a_kill() {
     // post of the killed process that the fake reads only now does not count twice either:
     // Discord creates one message per nonce.
     fake.fail_next.store(0, SeqCst);
-    let server = start_with(dir.path(), addr, "b.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "b.log", &env).await;
     fake.calls_when(|_| posted_about(CHANNEL, &first) == 1 && posted_about(APPROVALS, &first) == 1)
         .await;
     assert_eq!(
@@ -651,8 +645,7 @@ async fn discord_steps_survive_a_kill() {
 
     // 3. The approval request posted before a kill is still decided by its button.
     server.kill();
-    let _server = start_with(dir.path(), addr, "c.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = serve(dir.path(), addr, "c.log", &env).await;
     let (_, answer) = discord::send(
         &app,
         &discord::click(discord::OPS, &format!("approve:{first}")),
@@ -711,8 +704,7 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
         ("PORTBOT__GITHUB__TOKEN", TOKEN.to_owned()),
         ("PORTBOT__GITHUB__POLL_INTERVAL_SECONDS", "1".to_owned()),
     ];
-    let server = start_with(dir.path(), addr, "first.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (server, app) = serve(dir.path(), addr, "first.log", &env).await;
     let run = app
         .run_id(
             DEV,
@@ -737,8 +729,7 @@ async fn a_restart_between_the_commit_and_the_pull_request_opens_exactly_one() {
     server.kill();
     *fake.hold_pulls.lock().unwrap() = None;
 
-    let _server = start_with(dir.path(), addr, "second.log", &env).await;
-    let app = TestApp::connect(addr, tempfile::tempdir().unwrap()).await;
+    let (_server, app) = serve(dir.path(), addr, "second.log", &env).await;
     let current = app.wait_for_link(&run).await;
     assert_eq!(
         current["link"],
