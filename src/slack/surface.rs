@@ -63,8 +63,11 @@ impl Surface for SlackSurface {
     async fn place_card(&self, run: &Run, channel: &str) -> Result<Value, AppError> {
         let card = self.render("run_card", card_data(run, mention))?;
         let shows = card_shows(card.as_str());
-        let shorter = |error: &str| self.short("run_card_short", card_data(run, mention), error);
-        if let Posted::Sent(answer) = self.post_in(channel, card, run, &shorter).await? {
+        let short = Short {
+            template: "run_card",
+            data: &|| card_data(run, mention),
+        };
+        if let Posted::Sent(answer) = self.post_in(channel, card, run, short).await? {
             return Ok(card_reference(channel, &answer, shows));
         }
         let user = run
@@ -88,12 +91,15 @@ impl Surface for SlackSurface {
                 slack_json_escape(channel)
             });
         let unreachable = data["unreachable_channel"].clone();
-        let shorter = |error: &str| self.short("run_card_short", data.clone(), error);
         let card = self.render("run_card", data.clone())?;
+        let short = Short {
+            template: "run_card",
+            data: &|| data.clone(),
+        };
         let shows = card_shows(card.as_str());
         let to = [("channel", &json!(direct))];
         let answer = self
-            .call_or_shorter(POST, Some((direct, Urgent)), card, &to, run, &shorter)
+            .call_or_shorter(POST, Some((direct, Urgent)), card, &to, run, short)
             .await
             .map_err(|error| AppError::Delivery(error.to_string()))?;
         let mut reference = card_reference(direct, &answer, shows);
@@ -115,8 +121,11 @@ impl Surface for SlackSurface {
         let paced_in = card["channel"].as_str().map(|channel| (channel, Bulk));
         let data = || reply_data(run, group, Self::LOG_LIMIT, mention);
         let message = self.render("thread_reply", data())?;
-        let shorter = |error: &str| self.short("thread_reply_short", data(), error);
-        self.call_or_shorter(POST, paced_in, message, &in_thread, run, &shorter)
+        let short = Short {
+            template: "thread_reply",
+            data: &data,
+        };
+        self.call_or_shorter(POST, paced_in, message, &in_thread, run, short)
             .await
             .map(|_| None)
             .map_err(|error| AppError::Delivery(error.to_string()))
@@ -133,11 +142,11 @@ impl Surface for SlackSurface {
             Turn::Soon(at) => tokio::time::sleep_until(at).await,
             Turn::Later(at) => return Ok(CardUpdate::NotBefore(at)),
         }
-        let shorter = |error: &str| {
-            let data = card_update_data(card_data(run, mention), card);
-            self.short("run_card_short", data, error)
+        let short = Short {
+            template: "run_card",
+            data: &|| card_update_data(card_data(run, mention), card),
         };
-        self.update(message, run, &shorter, &card["channel"], &card["card_ts"])
+        self.update(message, run, short, &card["channel"], &card["card_ts"])
             .await?;
         Ok(CardUpdate::Updated(updated))
     }
@@ -145,9 +154,11 @@ impl Surface for SlackSurface {
     async fn post_request(&self, run: &Run) -> Result<Value, AppError> {
         let channel = &self.approval_channel;
         let message = self.render("approval_request", request_data(run, mention))?;
-        let shorter =
-            |error: &str| self.short("approval_request_short", request_data(run, mention), error);
-        match self.post_in(channel, message, run, &shorter).await? {
+        let short = Short {
+            template: "approval_request",
+            data: &|| request_data(run, mention),
+        };
+        match self.post_in(channel, message, run, short).await? {
             Posted::Sent(answer) => Ok(json!({"channel": channel, "ts": answer["ts"]})),
             // Tried again with a backoff, so the request goes once the bot is invited.
             Posted::Barred(reason) => Err(AppError::Delivery(format!(
@@ -159,10 +170,12 @@ impl Surface for SlackSurface {
 
     async fn update_request(&self, request: &Value, run: &Run) -> Result<(), AppError> {
         let message = self.render("approval_request", request_data(run, mention))?;
-        let shorter =
-            |error: &str| self.short("approval_request_short", request_data(run, mention), error);
+        let short = Short {
+            template: "approval_request",
+            data: &|| request_data(run, mention),
+        };
         tokio::time::sleep_until(self.updates.request_turn()).await;
-        self.update(message, run, &shorter, &request["channel"], &request["ts"])
+        self.update(message, run, short, &request["channel"], &request["ts"])
             .await
     }
 }
@@ -191,8 +204,14 @@ fn too_long(error: &SlackApiError) -> Option<&str> {
     }
 }
 
-/// A message rendered in its short template, given Slack's refusal of the full one.
-type Shorter<'a> = &'a (dyn Fn(&str) -> Result<MessageText, AppError> + Send + Sync);
+/// What a message's short version is rendered from, should Slack refuse the full one: the full
+/// message's template (the short one is `<template>_short`, given Slack's `error` too) and how
+/// to build its data again.
+#[derive(Clone, Copy)]
+struct Short<'a> {
+    template: &'static str,
+    data: &'a (dyn Fn() -> Value + Send + Sync),
+}
 
 const POST: &str = "chat.postMessage";
 
@@ -313,25 +332,19 @@ impl SlackSurface {
             .map_err(|e| AppError::Delivery(e.to_string()))
     }
 
-    /// `template` (a short one) with `data` and Slack's `error` about the full message.
-    fn short(&self, template: &str, mut data: Value, error: &str) -> Result<MessageText, AppError> {
-        data["error"] = json!(error);
-        self.render(template, data)
-    }
-
-    /// Edits the message at `ts` in `channel` to show `message` (or `shorter`'s, see
+    /// Edits the message at `ts` in `channel` to show `message` (or its `short` version, see
     /// [`SlackSurface::call_or_shorter`]).
     async fn update(
         &self,
         message: MessageText,
         run: &Run,
-        shorter: Shorter<'_>,
+        short: Short<'_>,
         channel: &Value,
         ts: &Value,
     ) -> Result<(), AppError> {
         let at = [("channel", channel), ("ts", ts)];
         match self
-            .call_or_shorter("chat.update", None, message, &at, run, shorter)
+            .call_or_shorter("chat.update", None, message, &at, run, short)
             .await
         {
             Ok(_) => Ok(()),
@@ -349,13 +362,12 @@ impl SlackSurface {
         channel: &str,
         message: MessageText,
         run: &Run,
-        shorter: Shorter<'_>,
+        short: Short<'_>,
     ) -> Result<Posted, AppError> {
         let to = json!(channel);
         let to = [("channel", &to)];
-        let post = |message| {
-            self.call_or_shorter(POST, Some((channel, Urgent)), message, &to, run, shorter)
-        };
+        let post =
+            |message| self.call_or_shorter(POST, Some((channel, Urgent)), message, &to, run, short);
         let refusal = match post(message.clone()).await {
             Ok(answer) => return Ok(Posted::Sent(answer)),
             Err(SlackApiError::Refused { error, .. })
@@ -382,7 +394,7 @@ impl SlackSurface {
 
     /// Sends `message` with `method` (`chat.postMessage`, waiting for a slot in `paced_in`, or
     /// `chat.update`), with `fields` (its channel, its `ts` or `thread_ts`) added. Where Slack
-    /// refuses it as too long, it goes once more as `shorter` renders it. (A card that fits only
+    /// refuses it as too long, it goes once more in its `short` version. (A card that fits only
     /// short so costs two calls per update, the refused one outside the `UpdateBudget`.)
     async fn call_or_shorter(
         &self,
@@ -391,7 +403,7 @@ impl SlackSurface {
         message: MessageText,
         fields: &[(&str, &Value)],
         run: &Run,
-        shorter: Shorter<'_>,
+        short: Short<'_>,
     ) -> Result<Value, SlackApiError> {
         let with_fields = |message: MessageText| {
             let full = fields
@@ -407,7 +419,9 @@ impl SlackSurface {
             answer => return answer,
         };
         let error = too_long(&refused).unwrap_or_default();
-        match shorter(error) {
+        let mut data = (short.data)();
+        data["error"] = json!(error);
+        match self.render(&format!("{}_short", short.template), data) {
             Ok(short) => {
                 tracing::warn!(run = %run.id, method, %error, "Slack refused a message as too long; its short version goes instead");
                 self.call_paced(method, paced_in, with_fields(short)).await
