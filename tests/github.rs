@@ -114,6 +114,10 @@ async fn a_pull_request_is_opened_and_its_merge_through_the_webhook_ends_the_run
         (status, &body["message"]),
         (200, &json!("this delivery was received before"))
     );
+    // The same event under a new delivery id, as when portbot stopped after applying it but
+    // before keeping its receipt: each observation applies once by what it says.
+    let (status, _) = send_event(&app.base, "check_run", &check, WEBHOOK_SECRET).await;
+    assert_eq!(status, 200);
     let logs = app.log_lines(&run).await;
     assert_eq!(logs.iter().filter(|l| *l == plan).count(), 1, "{logs:?}");
 

@@ -351,7 +351,9 @@ impl App {
 
     /// Stores the receipt of a claimed delivery that was applied. (Applying and keeping are
     /// two changes: a crash between them lets the delivery be applied again when it comes
-    /// again, which for GitHub's events repeats at most a log line.)
+    /// again. GitHub's events are the only such deliveries, and each of their observations
+    /// applies once by what it says (a check's line is logged once, an ended run takes no
+    /// more), so that second time changes nothing.)
     pub async fn keep_delivery(&self, mut claim: Claim) -> Result<(), AppError> {
         let mut change = Change::default();
         claim.record(&mut change, None);
