@@ -197,15 +197,28 @@ impl MessageText {
 /// are serde_json's, so the result is what serialising the marked-up text would give.
 pub fn json_escape_with(text: &str, markup: Markup) -> String {
     let mut out = String::with_capacity(text.len() + 2);
-    for c in text.chars() {
-        match markup(c) {
+    // Characters that stay as they are are copied in runs, not one by one.
+    let mut kept = 0;
+    for (at, c) in text.char_indices() {
+        let replacement = markup(c);
+        if replacement.is_none() && !needs_json_escape(c) {
+            continue;
+        }
+        out.push_str(&text[kept..at]);
+        kept = at + c.len_utf8();
+        match replacement {
             Some(replacement) => replacement
                 .chars()
                 .for_each(|r| push_json_char(&mut out, r)),
             None => push_json_char(&mut out, c),
         }
     }
+    out.push_str(&text[kept..]);
     out
+}
+
+fn needs_json_escape(c: char) -> bool {
+    c < ' ' || c == '"' || c == '\\'
 }
 
 fn push_json_char(out: &mut String, c: char) {
