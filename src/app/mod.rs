@@ -341,12 +341,9 @@ impl App {
     }
 
     /// Claims a delivery that changes no run's creation (a GitHub event, say): taken already
-    /// gives [`AppError::Repeated`]; [`App::keep_delivery`] once it was applied.
-    pub fn claim_delivery(&self, id: &str) -> Result<Claim, AppError> {
-        self.inner
-            .receipts
-            .claim(Received::Delivery(id), now_ms())
-            .map_err(AppError::Repeated)
+    /// gives [`Repeated`]; [`App::keep_delivery`] once it was applied.
+    pub fn claim_delivery(&self, id: &str) -> Result<Claim, Repeated> {
+        self.inner.receipts.claim(Received::Delivery(id), now_ms())
     }
 
     /// Stores the receipt of a claimed delivery that was applied. (Applying and keeping are
