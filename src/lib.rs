@@ -13,6 +13,8 @@ pub mod config;
 pub mod core;
 pub mod definitions;
 pub mod discord;
+#[cfg(test)]
+mod edge_input;
 pub mod github;
 pub mod metrics;
 pub mod slack;

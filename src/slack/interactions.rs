@@ -78,13 +78,16 @@ pub(super) async fn interactions(
     if let Err(error) = super::verify(&state, &headers, &body) {
         return (StatusCode::UNAUTHORIZED, error.to_string()).into_response();
     }
-    let payload = serde_urlencoded::from_bytes::<Form>(&body)
-        .ok()
-        .and_then(|form| serde_json::from_str::<Value>(&form.payload).ok());
-    let Some(payload) = payload else {
+    let Some(payload) = payload(&body) else {
         return (StatusCode::BAD_REQUEST, "not an interaction payload").into_response();
     };
     interaction_reply(&state, payload).await
+}
+
+/// The JSON of an HTTP interaction, which comes as the form field `payload`.
+fn payload(body: &[u8]) -> Option<Value> {
+    let form = serde_urlencoded::from_bytes::<Form>(body).ok()?;
+    serde_json::from_str(&form.payload).ok()
 }
 
 /// The answer to an interaction payload, however it arrived (HTTP or Socket Mode).
@@ -339,5 +342,90 @@ fn form_problems(outcome: Submitted, general: &str) -> Option<Vec<(String, Strin
         )]),
         Submitted::Refused(message) => Some(vec![(general.to_owned(), message)]),
         Submitted::Problems(problems) => Some(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::edge_input;
+
+    const FIELDS: &[&str] = &[
+        "type",
+        "user",
+        "id",
+        "channel",
+        "trigger_id",
+        "actions",
+        "action_id",
+        "value",
+        "view",
+        "callback_id",
+        "private_metadata",
+        "state",
+        "values",
+        "reason",
+        "selected_option",
+        "selected_options",
+    ];
+    const WORDS: &[&str] = &[
+        "block_actions",
+        "view_submission",
+        CALLBACK_ID,
+        DECLINE_CALLBACK_ID,
+        APPROVE,
+        DECLINE,
+        "static_select",
+        "checkboxes",
+        "plain_text_input",
+        "U1",
+        "r_0193e5a1b2c30001abcdef",
+        "r_0193e5a1b2c30001abcdef C1",
+    ];
+
+    /// Everything `interaction_reply` reads from a payload before asking the app.
+    fn read(payload: Value) {
+        let view = &payload["view"];
+        let _ = submitted_values(&view["state"]);
+        let metadata = view["private_metadata"].as_str().unwrap_or_default();
+        let (run, _) = metadata.split_once(' ').unwrap_or((metadata, ""));
+        let _ = RunId::try_from(run.to_owned());
+        if let Ok(clicked) = serde_json::from_value::<BlockActions>(payload) {
+            let _ = Identity::try_from(format!("slack:{}", clicked.user.id));
+            for action in clicked.actions {
+                let _ = RunId::try_from(action.value);
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_comes_in_its_form_field() {
+        let body =
+            serde_urlencoded::to_string([("payload", r#"{"type":"block_actions"}"#)]).unwrap();
+        assert_eq!(
+            payload(body.as_bytes()),
+            Some(json!({"type": "block_actions"}))
+        );
+        assert_eq!(payload(b"payload=%FF"), None);
+        assert_eq!(payload(b"other=1"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn interaction_forms_never_panic(body in edge_input::form(
+            &["payload", "type"],
+            prop_oneof![edge_input::text(), edge_input::json(FIELDS, WORDS).prop_map(|v| v.to_string())].boxed(),
+        )) {
+            if let Some(payload) = payload(&body) {
+                read(payload);
+            }
+        }
+
+        #[test]
+        fn interaction_payloads_never_panic(payload in edge_input::json(FIELDS, WORDS)) {
+            read(payload);
+        }
     }
 }

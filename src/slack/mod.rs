@@ -322,3 +322,46 @@ async fn open_form(state: &SlackState, trigger_id: &str, asked: FormState) -> Re
     }
     opened.and(saved.map_err(|e| e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::edge_input;
+
+    const FIELDS: &[&str] = &[
+        "user_id",
+        "channel_id",
+        "trigger_id",
+        "text",
+        "response_url",
+        "ssl_check",
+        "command",
+        "token",
+    ];
+    const WORDS: &[&str] = &["U1", "help", "list", "status r_1", "a b c", "k=v"];
+
+    /// What `commands` and `command_reply` read from a form before asking the app.
+    fn read(form: SlashCommand) {
+        let _ = Identity::try_from(format!("slack:{}", form.user_id));
+        let _ = ChatCommand::parse(&form.text);
+    }
+
+    proptest! {
+        #[test]
+        fn slash_command_forms_never_panic(body in edge_input::form(FIELDS, edge_input::text().boxed())) {
+            if let Ok(form) = serde_urlencoded::from_bytes::<SlashCommand>(&body) {
+                read(form);
+            }
+        }
+
+        /// Socket Mode carries the same fields as JSON.
+        #[test]
+        fn slash_command_payloads_never_panic(payload in edge_input::json(FIELDS, WORDS)) {
+            if let Ok(form) = serde_json::from_value::<SlashCommand>(payload) {
+                read(form);
+            }
+        }
+    }
+}

@@ -115,6 +115,8 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn verifier(secret: &str) -> Verifier {
@@ -221,6 +223,20 @@ mod tests {
                 ),
                 Err(SignatureError::Stale)
             );
+        }
+    }
+
+    proptest! {
+        /// Whatever the two headers say, the answer is a refusal, never a panic.
+        #[test]
+        fn any_headers_are_refused(
+            timestamp in prop::option::of(prop_oneof![any::<i64>().prop_map(|t| t.to_string()), ".{0,24}"]),
+            signature in prop::option::of(prop_oneof!["v0=[0-9a-fA-F]{0,70}", ".{0,80}"]),
+            body in any::<Vec<u8>>(),
+            now in any::<i64>(),
+        ) {
+            let v = verifier("secret");
+            prop_assert!(v.verify(timestamp.as_deref(), signature.as_deref(), &body, now).is_err());
         }
     }
 }

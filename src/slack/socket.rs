@@ -76,6 +76,7 @@ async fn session(
                     if envelope["type"] == "disconnect" {
                         return Ok(());
                     }
+                    let Some(envelope) = Envelope::read(envelope) else { continue };
                     // Answered off the read loop, so a slow answer holds up no other envelope.
                     let (state, acks) = (state.clone(), acks.clone());
                     tokio::spawn(async move {
@@ -107,22 +108,56 @@ async fn session(
     }
 }
 
-/// The acknowledgement of one envelope, with the answer as its payload; `None` for `hello`.
-async fn answer(state: &Arc<SlackState>, envelope: Value) -> Option<Value> {
-    let id = envelope["envelope_id"].as_str()?.to_owned();
-    let payload = envelope["payload"].clone();
-    let accepts_payload = envelope["accepts_response_payload"] == true;
-    let response = match envelope["type"].as_str() {
-        Some("slash_commands") => match serde_json::from_value::<SlashCommand>(payload) {
-            Ok(form) => Some(command_reply(state, form).await),
-            Err(_) => None,
-        },
-        Some("interactive") => Some(interaction_reply(state, payload).await),
-        _ => None,
+/// One envelope, as read from its JSON.
+struct Envelope {
+    id: String,
+    /// Whether Slack takes the answer in the ack.
+    accepts_payload: bool,
+    carried: Carried,
+}
+
+/// What an envelope carries.
+enum Carried {
+    Command(SlashCommand),
+    Interaction(Value),
+    /// Nothing portbot answers (the envelope is still acknowledged).
+    Other,
+}
+
+impl Envelope {
+    /// The envelope `envelope` is; `None` for one without an id (`hello`).
+    fn read(mut envelope: Value) -> Option<Envelope> {
+        let id = envelope["envelope_id"].as_str()?.to_owned();
+        let accepts_payload = envelope["accepts_response_payload"] == true;
+        let payload = envelope
+            .get_mut("payload")
+            .map(Value::take)
+            .unwrap_or_default();
+        let carried = match envelope["type"].as_str() {
+            Some("slash_commands") => {
+                serde_json::from_value(payload).map_or(Carried::Other, Carried::Command)
+            }
+            Some("interactive") => Carried::Interaction(payload),
+            _ => Carried::Other,
+        };
+        Some(Envelope {
+            id,
+            accepts_payload,
+            carried,
+        })
+    }
+}
+
+/// The acknowledgement of one envelope, with the answer as its payload.
+async fn answer(state: &Arc<SlackState>, envelope: Envelope) -> Option<Value> {
+    let response = match envelope.carried {
+        Carried::Command(form) => Some(command_reply(state, form).await),
+        Carried::Interaction(payload) => Some(interaction_reply(state, payload).await),
+        Carried::Other => None,
     };
-    let mut ack = json!({ "envelope_id": id });
+    let mut ack = json!({ "envelope_id": envelope.id });
     // Slack allows an answer in the ack only where the envelope says so.
-    if let Some(response) = response.filter(|_| accepts_payload) {
+    if let Some(response) = response.filter(|_| envelope.accepts_payload) {
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .ok()?;
@@ -131,4 +166,64 @@ async fn answer(state: &Arc<SlackState>, envelope: Value) -> Option<Value> {
         }
     }
     Some(ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::edge_input;
+
+    const FIELDS: &[&str] = &[
+        "envelope_id",
+        "type",
+        "payload",
+        "accepts_response_payload",
+        "user_id",
+        "channel_id",
+        "trigger_id",
+        "text",
+        "response_url",
+        "ssl_check",
+        "view",
+        "actions",
+    ];
+    const WORDS: &[&str] = &[
+        "slash_commands",
+        "interactive",
+        "disconnect",
+        "hello",
+        "events_api",
+        "help",
+        "status r_1",
+    ];
+
+    #[test]
+    fn envelopes_are_read_by_type() {
+        let command = json!({"envelope_id": "e1", "type": "slash_commands", "accepts_response_payload": true, "payload": {"user_id": "U1", "text": "help"}});
+        let read = Envelope::read(command).unwrap();
+        assert!(read.accepts_payload);
+        assert!(matches!(read.carried, Carried::Command(form) if form.text == "help"));
+        let bad = json!({"envelope_id": "e2", "type": "slash_commands", "payload": 7});
+        assert!(matches!(
+            Envelope::read(bad).unwrap().carried,
+            Carried::Other
+        ));
+        assert!(Envelope::read(json!({"type": "hello"})).is_none());
+        assert!(Envelope::read(json!([1])).is_none());
+    }
+
+    proptest! {
+        /// What the read loop does with a text frame, for any text and any JSON.
+        #[test]
+        fn envelopes_never_panic(text in prop_oneof![
+            edge_input::text(),
+            edge_input::json(FIELDS, WORDS).prop_map(|v| v.to_string()),
+        ]) {
+            if let Ok(envelope) = serde_json::from_str::<Value>(&text) {
+                let _ = Envelope::read(envelope);
+            }
+        }
+    }
 }
