@@ -109,8 +109,7 @@ async fn connect(
                 }
                 match payload["op"].as_u64() {
                     Some(HELLO) => {
-                        let every = payload["d"]["heartbeat_interval"].as_u64().unwrap_or(41_250);
-                        heartbeat = tokio::time::interval(Duration::from_millis(every.max(100)));
+                        heartbeat = tokio::time::interval(heartbeat_every(&payload["d"]));
                         heartbeat.tick().await;
                         let hello = match &session.id {
                             Some(id) => json!({"op": RESUME, "d": {"token": token.expose(), "session_id": id, "seq": session.seq}}),
@@ -156,6 +155,14 @@ async fn connect(
             }
         }
     }
+}
+
+/// How often to send heartbeats, from `Hello`'s data: as Discord says, but at most every
+/// 100 ms (an interval of zero would panic), and every 41.25 s (Discord's usual) when it does
+/// not say.
+fn heartbeat_every(hello: &Value) -> Duration {
+    let every = hello["heartbeat_interval"].as_u64().unwrap_or(41_250);
+    Duration::from_millis(every.max(100))
 }
 
 /// What a close code means for the session (Discord's gateway close event codes): 4007 and
@@ -207,5 +214,41 @@ async fn answer(state: &DiscordState, data: Value) {
         .await
     {
         tracing::warn!(%error, "a gateway interaction's answer was not delivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::edge_input;
+
+    #[test]
+    fn the_heartbeat_is_discords_or_the_usual_one() {
+        let every = |hello: Value| heartbeat_every(&hello);
+        assert_eq!(
+            every(json!({"heartbeat_interval": 45_000})),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            every(json!({"heartbeat_interval": 0})),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            every(json!({"heartbeat_interval": "x"})),
+            Duration::from_millis(41_250)
+        );
+        assert_eq!(every(json!(null)), Duration::from_millis(41_250));
+    }
+
+    proptest! {
+        /// `tokio::time::interval` panics on zero; no `Hello` gives it that.
+        #[test]
+        fn any_hello_gives_a_heartbeat(
+            hello in edge_input::json(&["heartbeat_interval", "_trace"], &["41250"]),
+        ) {
+            prop_assert!(heartbeat_every(&hello) >= Duration::from_millis(100));
+        }
     }
 }

@@ -208,8 +208,49 @@ fn text_inputs(components: &Value) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    use super::*;
+    use crate::edge_input;
+
+    const FIELDS: &[&str] = &[
+        "type",
+        "id",
+        "token",
+        "channel_id",
+        "channel",
+        "member",
+        "user",
+        "data",
+        "custom_id",
+        "component_type",
+        "components",
+        "component",
+        "options",
+        "name",
+        "value",
+        "focused",
+    ];
+    const WORDS: &[&str] = &[
+        "123",
+        "action",
+        "entity",
+        "inputs",
+        "k=v",
+        "k=\"",
+        "approve:r_1",
+        "inputs:abc",
+        "reason:r_1",
+    ];
+
+    /// Everything the HTTP endpoint and the gateway read from an interaction before asking
+    /// the app.
+    fn read(parsed: Result<Interaction, ParseError>) {
+        if let Ok(Interaction::Command(asked) | Interaction::Autocomplete(asked)) = parsed {
+            let _ = asked.data.command();
+        }
+    }
 
     #[test]
     fn both_modal_shapes_are_read() {
@@ -250,6 +291,31 @@ mod tests {
             b"{\"type\":3,\"member\":{\"user\":{\"id\":\"1\"}},\"data\":7}",
         ] {
             let _ = Interaction::parse(body);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn interaction_bodies_never_panic(body in prop_oneof![
+            any::<Vec<u8>>(),
+            edge_input::json(FIELDS, WORDS).prop_map(|v| v.to_string().into_bytes()),
+        ]) {
+            read(Interaction::parse(&body));
+        }
+
+        /// Objects with a type and, mostly, a user, so the parse reaches `data` (the gateway's
+        /// path).
+        #[test]
+        fn interaction_values_never_panic(
+            kind in 0u8..7,
+            user in prop_oneof![
+                3 => "[0-9]{1,20}".prop_map(|id| json!({ "id": id })),
+                1 => edge_input::json(FIELDS, WORDS),
+            ],
+            data in edge_input::json(FIELDS, WORDS),
+        ) {
+            let interaction = json!({"type": kind, "id": "1", "member": {"user": user}, "data": data});
+            read(Interaction::from_value(interaction));
         }
     }
 }
