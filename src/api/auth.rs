@@ -116,8 +116,11 @@ impl FromRequestParts<ApiState> for Caller {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::config::Secret;
+    use crate::edge_input;
 
     fn client(secret: &str) -> ApiClient {
         serde_json::from_value(
@@ -136,5 +139,19 @@ mod tests {
         assert!(verify(&clients, "garbage", 0).is_none());
         assert!(verify(&clients, &format!("{token}x"), 0).is_none());
         let _ = Secret::clone(&clients[0].client_secret);
+    }
+
+    proptest! {
+        /// A bearer token as a caller sends it: any text, two base64 parts, or a payload that
+        /// decodes to JSON with any signature.
+        #[test]
+        fn any_token_is_refused(token in prop_oneof![
+            edge_input::text(),
+            "[A-Za-z0-9_=+/-]{0,60}\\.[A-Za-z0-9_=+/-]{0,60}",
+            (edge_input::json(&["c", "e"], &["ci"]), "[A-Za-z0-9_-]{0,50}")
+                .prop_map(|(payload, mac)| format!("{}.{mac}", URL_SAFE_NO_PAD.encode(payload.to_string()))),
+        ], now in any::<i64>()) {
+            prop_assert!(verify(&[client("s3cret")], &token, now).is_none());
+        }
     }
 }

@@ -83,6 +83,8 @@ impl ChatCommand {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -118,5 +120,15 @@ mod tests {
             ChatCommand::parse("a b c"),
             Err(ChatCommandError::TooManyWords { .. })
         ));
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(text in prop_oneof![
+            any::<String>(),
+            "((help|list|status|r_1|add-db|k=|=v|\"|'|\\\\|\u{201c}) ?){0,6}",
+        ]) {
+            let _ = ChatCommand::parse(&text);
+        }
     }
 }

@@ -599,8 +599,11 @@ pub fn check_object(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    use super::*;
+    use crate::edge_input;
 
     struct NoEntities;
     impl EntityLookup for NoEntities {
@@ -673,21 +676,17 @@ mod tests {
         );
     }
 
-    proptest::proptest! {
+    proptest! {
         /// Whatever a person types, typing and checking it answers; it never panics.
         #[test]
-        fn any_text_gets_an_answer(text in ".{0,40}", which in 0usize..6) {
-            let schemas = [
-                json!({"type": "number", "minimum": 1, "maximum": 5}),
-                json!({"type": "integer"}),
-                json!({"type": "boolean"}),
-                json!({"type": "array", "items": {"type": "number", "enum": [1, 2]}}),
-                json!({"type": "object"}),
-                json!({"type": "string", "format": "url", "pattern": "^h", "maxLength": 10}),
-            ];
-            let s = schema(schemas[which].clone());
-            if let Ok(value) = s.from_text(&text) {
-                let _ = s.check(&value, &NoEntities).map_err(|rule| rule.to_string());
+        fn any_text_gets_an_answer(text in prop_oneof![
+            edge_input::text(),
+            "[-+0-9.eE]{0,30}|\\[[-0-9, \\[\\]\"a]{0,20}|[0-9a-f:.]{0,40}",
+        ]) {
+            for s in every_kind() {
+                if let Ok(value) = s.from_text(&text) {
+                    let _ = s.check(&value, &NoEntities).map_err(|rule| rule.to_string());
+                }
             }
         }
     }
@@ -700,5 +699,38 @@ mod tests {
         let problems = ValueSchema::compile(&json!({"type": "number", "maximum": 5, "default": 9}))
             .unwrap_err();
         assert_eq!(problems[0].field, "default");
+    }
+
+    /// One schema of each kind, with the rules that read the value.
+    fn every_kind() -> Vec<ValueSchema> {
+        [
+            json!({"type": "string", "minLength": 2, "maxLength": 5, "pattern": "^[a-z]+$"}),
+            json!({"type": "string", "format": "url", "pattern": "^h", "maxLength": 10}),
+            json!({"type": "string", "format": "email"}),
+            json!({"type": "string", "format": "date-time"}),
+            json!({"type": "string", "format": "ipv6"}),
+            json!({"type": "string", "format": "entity", "blueprint": "Service"}),
+            json!({"type": "number", "minimum": -1.5, "maximum": 1e300}),
+            json!({"type": "integer"}),
+            json!({"type": "integer", "enum": [1, 2, 3]}),
+            json!({"type": "boolean"}),
+            json!({"type": "array", "items": {"type": "integer", "maximum": 9}}),
+            json!({"type": "array", "items": {"type": "number", "enum": [1, 2]}}),
+            json!({"type": "array", "items": {"type": "string", "enum": ["a", "b"]}}),
+            json!({"type": "object"}),
+        ]
+        .into_iter()
+        .map(schema)
+        .collect()
+    }
+
+    proptest! {
+        /// API input: any JSON checked.
+        #[test]
+        fn any_value_is_checked(value in edge_input::json(&["a"], &["a", "mailer", "1"])) {
+            for schema in every_kind() {
+                let _ = schema.check(&value, &NoEntities);
+            }
+        }
     }
 }

@@ -167,7 +167,40 @@ fn run_in(text: &str) -> Option<RunId> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::edge_input;
+
+    const FIELDS: &[&str] = &[
+        "action",
+        "pull_request",
+        "head",
+        "ref",
+        "html_url",
+        "merged",
+        "merged_by",
+        "login",
+        "check_run",
+        "check_suite",
+        "head_branch",
+        "pull_requests",
+        "name",
+        "status",
+        "conclusion",
+        "workflow_run",
+        "display_title",
+    ];
+    const WORDS: &[&str] = &[
+        "closed",
+        "completed",
+        "success",
+        "portbot/r_0193e5a1b2c30001abcdef",
+        "refs/heads/portbot/r_0193e5a1b2c30001abcdef",
+        "portbot/",
+        "deploy r_0193e5a1b2c30001abcdef",
+    ];
+    const EVENTS: &[&str] = &["pull_request", "check_run", "workflow_run", "ping", ""];
 
     #[test]
     fn signatures_are_checked_over_the_raw_body() {
@@ -186,5 +219,42 @@ mod tests {
         let run = RunId::new(1_700_000_000_000, 3, 7);
         assert_eq!(run_in(&format!("deploy {run} now")), Some(run));
         assert_eq!(run_in("deploy r_123"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn events_never_panic(
+            event in prop_oneof![
+                4 => prop::sample::select(EVENTS).prop_map(str::to_owned),
+                1 => edge_input::text(),
+            ],
+            payload in edge_input::json(FIELDS, WORDS),
+        ) {
+            let _ = observation(&event, &payload);
+        }
+
+        /// Payloads of GitHub's shape, with anything where its values go (random nesting
+        /// seldom reaches `pull_request.head.ref`).
+        #[test]
+        fn events_of_githubs_shape_never_panic(
+            event in prop::sample::select(EVENTS),
+            at in prop::collection::vec(edge_input::json(FIELDS, WORDS), 6),
+        ) {
+            let payload = serde_json::json!({
+                "action": at[0],
+                "pull_request": {"head": {"ref": at[1]}, "merged": at[2], "merged_by": {"login": at[3]}, "html_url": at[4]},
+                "check_run": {"check_suite": {"head_branch": at[5]}, "pull_requests": [{"head": {"ref": at[1]}}], "name": at[3]},
+                "workflow_run": {"head_branch": at[5], "display_title": at[1], "name": at[3], "status": at[0], "conclusion": at[2]},
+            });
+            let _ = observation(event, &payload);
+        }
+
+        #[test]
+        fn signatures_never_panic(
+            signature in prop::option::of(prop_oneof!["sha256=[0-9a-fA-F]{0,70}", edge_input::text()]),
+            body in any::<Vec<u8>>(),
+        ) {
+            prop_assert!(!verify("s3cret", signature.as_deref(), &body));
+        }
     }
 }
