@@ -499,7 +499,9 @@ impl App {
         let Some(run_id) = run else {
             return self.change_catalog(|catalog, change| catalog.upsert(entity, merge, change));
         };
-        let key = (entity.blueprint.clone(), entity.identifier.clone());
+        // Kept as upserted: read back from the catalog once the lock is gone, it may already
+        // have been deleted by another request (that was a panic).
+        let mut stored = None;
         self.mutate_run_with(run_id, |_, run, catalog, change| {
             if run.status.is_ended() {
                 return Err(RunError::Ended {
@@ -508,18 +510,14 @@ impl App {
                 }
                 .into());
             }
-            catalog.upsert(entity, merge, change)?;
+            stored = Some(catalog.upsert(entity, merge, change)?);
             run.affected_entities.push(change_record.clone());
             Ok(vec![EventKind::CatalogChanged {
                 changes: vec![change_record],
             }])
         })
         .await?;
-        Ok(self
-            .catalog()
-            .entity(&key.0, &key.1)
-            .cloned()
-            .expect("just upserted"))
+        Ok(stored.expect("a change that was made upserted the entity"))
     }
 
     pub async fn delete_entity(
