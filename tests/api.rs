@@ -60,6 +60,13 @@ async fn tokens_are_required_and_roles_are_enforced() {
 }
 
 #[tokio::test]
+async fn a_token_lifetime_too_long_for_a_timestamp_gives_tokens_that_work() {
+    let app = TestApp::spawn_with(&[], |s| s.api.token_ttl_seconds = u64::MAX).await;
+    let (status, body) = app.admin("GET", "/v1/blueprints", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn catalog_endpoints_read_upsert_and_delete() {
     let app = TestApp::spawn(&[]).await;
     let (status, body) = app.admin("GET", "/v1/blueprints", None, None).await;

@@ -80,7 +80,10 @@ pub async fn access_token(State(state): State<ApiState>, Body(creds): Body<Crede
                 .into()
         })
         .ok_or_else(|| ApiError::unauthorized("unknown client id or wrong secret"))?;
-    let expires = chrono::Utc::now().timestamp() + state.token_ttl_seconds as i64;
+    // Saturating: a TTL too large for a timestamp (`u64::MAX`, say) means "does not expire",
+    // not a wrapped expiry in the past.
+    let ttl = i64::try_from(state.token_ttl_seconds).unwrap_or(i64::MAX);
+    let expires = chrono::Utc::now().timestamp().saturating_add(ttl);
     Ok(ok(json!({
         "accessToken": issue(client, expires),
         "expiresIn": state.token_ttl_seconds,
