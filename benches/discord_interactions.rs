@@ -81,8 +81,8 @@ const TARGET_P99_MS: f64 = 10.0;
 // ---------------------------------------------------------------------------------------------
 // Interactions, signed as Discord signs them.
 
-/// The `/port` interaction Discord posts as request `n` of a phase, with every field Discord
-/// sends (written out, not built as a value: the load generator builds one per request).
+/// The `/port` interaction Discord posts as interaction `n` of the bench, with every field
+/// Discord sends (written out, not built as a value: the load generator builds one per request).
 fn port_interaction(n: u64) -> String {
     let id = INTERACTION_IDS + n;
     let channel = CHANNEL_IDS + n;
@@ -96,6 +96,12 @@ fn port_interaction(n: u64) -> String {
 const PRESIGNED_PER_SECOND: u64 = 45_000;
 /// Interactions of the portbot phase that ran past the pre-signed ones and were signed as sent.
 static SIGNED_LATE: AtomicU64 = AtomicU64::new(0);
+/// How far apart the interactions of two slices are numbered: more than a slice sends. Each
+/// slice's interactions must be new to portbot, which takes an interaction id once (its
+/// receipts) and answers a copy "received already".
+const NUMBERS_PER_SLICE: u64 = 1 << 32;
+/// Slices given their numbers so far.
+static SLICES: AtomicU64 = AtomicU64::new(0);
 
 fn signing_key() -> SigningKey {
     SigningKey::from_bytes(
@@ -106,8 +112,8 @@ fn signing_key() -> SigningKey {
     )
 }
 
-/// The signatures of interactions `0..count` at `timestamp`, made on every core.
-fn presign(timestamp: &str, count: u64) -> Vec<[u8; 64]> {
+/// The signatures of interactions `first..first + count` at `timestamp`, made on every core.
+fn presign(timestamp: &str, first: u64, count: u64) -> Vec<[u8; 64]> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let per_thread = count.div_ceil(cores);
     std::thread::scope(|scope| {
@@ -116,7 +122,7 @@ fn presign(timestamp: &str, count: u64) -> Vec<[u8; 64]> {
                 scope.spawn(move || {
                     let key = signing_key();
                     (t * per_thread..((t + 1) * per_thread).min(count))
-                        .map(|n| sign(&key, timestamp, &port_interaction(n)))
+                        .map(|n| sign(&key, timestamp, &port_interaction(first + n)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -132,16 +138,17 @@ fn sign(key: &SigningKey, timestamp: &str, body: &str) -> [u8; 64] {
     key.sign(format!("{timestamp}{body}").as_bytes()).to_bytes()
 }
 
-/// The phase's requests to `url`: interaction `n` of the phase (unique id, token and channel),
-/// signed (Ed25519 over timestamp and body) before the phase began, or when sent if the phase
-/// outran the pre-signed ones.
+/// A slice's requests to `url`: interaction `n` of the slice (an id, token and channel no
+/// other slice uses), signed (Ed25519 over timestamp and body) before the slice began, or when
+/// sent if the slice outran the pre-signed ones.
 fn signed_interaction(url: String) -> Arc<BuildRequest> {
     let knobs = support::load::Knobs::from_env();
     let slice = knobs.warmup as f64 + knobs.slice_seconds();
     let count = (slice * PRESIGNED_PER_SECOND as f64).ceil() as u64;
     let timestamp = chrono::Utc::now().timestamp().to_string();
     let started = std::time::Instant::now();
-    let signatures = presign(&timestamp, count);
+    let first = SLICES.fetch_add(1, Ordering::Relaxed) * NUMBERS_PER_SLICE;
+    let signatures = presign(&timestamp, first, count);
     eprintln!(
         "  {count} interactions signed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -149,7 +156,7 @@ fn signed_interaction(url: String) -> Arc<BuildRequest> {
     let (next, key) = (AtomicU64::new(0), signing_key());
     Arc::new(move |http, _client, _n| {
         let n = next.fetch_add(1, Ordering::Relaxed);
-        let body = port_interaction(n);
+        let body = port_interaction(first + n);
         let (timestamp, signature) = match signatures.get(n as usize) {
             Some(signature) => (timestamp.clone(), *signature),
             None => {
