@@ -482,7 +482,10 @@ async fn signed_but_malformed_requests_get_an_answer_and_the_bot_stays_up() {
     let bodies = valid.clone().map(|(_, body)| body);
     let mut requests = malformed_bodies();
     for (index, body) in common::mutations(&bodies, 0x5eed) {
-        requests.push((valid[index].0, body));
+        // Sent twice in a second, a body is a replay (401), not a malformed request.
+        if requests.iter().all(|(_, sent)| *sent != body) {
+            requests.push((valid[index].0, body));
+        }
     }
     let mut answered = common::MalformedAnswers::default();
     for (path, body) in requests {

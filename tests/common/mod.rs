@@ -46,9 +46,16 @@ pub fn mutations(bodies: &[String], seed: u64) -> Vec<(usize, String)> {
     out
 }
 
-/// `body` with one random change: cut short, a stretch removed, or characters that mean
-/// something to a form or JSON parser put in.
+/// `body` with one random change: cut short, a stretch removed, characters that mean
+/// something to a form or JSON parser put in, or (in a quarter of the changes to a JSON body,
+/// or to a form whose `payload` is JSON) one value of the JSON turned into another kind, so that
+/// a body that still parses reaches every reading of its fields.
 fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
+    if rng.random_range(0..4) == 0 {
+        if let Some(retyped) = retyped(body, rng) {
+            return retyped;
+        }
+    }
     const TRICKY: [&str; 14] = [
         "%", "%ZZ", "%FF", "&", "=", "+", "{", "}", "[", "\"", "\\", "\u{0}", "é", "%7B",
     ];
@@ -66,6 +73,63 @@ fn mutated(body: &str, rng: &mut impl rand::Rng) -> String {
         }
     }
     chars.into_iter().collect()
+}
+
+/// `body` (JSON, or a form with a JSON `payload`) with one value of its JSON, at any depth,
+/// replaced by a value of another kind; `None` for a body with no JSON in it.
+fn retyped(body: &str, rng: &mut impl rand::Rng) -> Option<String> {
+    let mut fields: Vec<(String, String)> = match serde_json::from_str::<Value>(body) {
+        Ok(_) => vec![(String::new(), body.to_owned())],
+        Err(_) => serde_urlencoded::from_str(body).ok()?,
+    };
+    let (_, text) = fields
+        .iter_mut()
+        .find(|(name, _)| name.is_empty() || name == "payload")?;
+    let mut json: Value = serde_json::from_str(text).ok()?;
+    let mut places = Vec::new();
+    json_places(&json, "", &mut places);
+    let place = places
+        .get(rng.random_range(0..places.len().max(1)))?
+        .clone();
+    let kinds = [
+        Value::Null,
+        json!(true),
+        json!(-1),
+        json!(1.5),
+        json!(""),
+        json!("r_0123456789abcdef"),
+        json!([]),
+        json!({}),
+        json!([{"value": 7}]),
+        json!("x".repeat(5000)),
+    ];
+    *json.pointer_mut(&place)? = kinds[rng.random_range(0..kinds.len())].clone();
+    *text = json.to_string();
+    match fields[0].0.is_empty() {
+        true => Some(fields.swap_remove(0).1),
+        false => serde_urlencoded::to_string(fields).ok(),
+    }
+}
+
+/// The JSON pointers of every value inside `json` (not `json` itself), below `at`.
+fn json_places(json: &Value, at: &str, places: &mut Vec<String>) {
+    let children: Vec<(String, &Value)> = match json {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| (key.replace('~', "~0").replace('/', "~1"), value))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(index, value)| (index.to_string(), value))
+            .collect(),
+        _ => return,
+    };
+    for (step, value) in children {
+        let place = format!("{at}/{step}");
+        places.push(place.clone());
+        json_places(value, &place, places);
+    }
 }
 
 /// The answers to malformed requests, by status: each must be an answer a client can act on
