@@ -1,12 +1,15 @@
-//! Index entries kept in sled many to a key.
+//! Keys kept in sled many to a key.
 //!
-//! sled costs about 3 µs per key written, whatever the value's size, and the small per-run
-//! index entries (`active/<run>`, `due/<consumer>/<run>`) were half of the keys a run wrote.
-//! So sled holds them, and the inbound deliveries' receipts (`rcpt/t_<time>/<id>`), in
-//! *chunks*: entries of one family whose keys share their first [`Chunking::bucket`] bytes
-//! after the family prefix (for run ids and receipt times alike, the same 16 ms) live in one
-//! sled value under `ix/<family prefix><bucket>`, written once per drain of the store's memory
-//! layer however many entries changed.
+//! sled costs about 3 µs per key written, whatever the value's size, and more for each key it
+//! has never held: a leaf splits every 8 or so new keys, and a split writes both halves again.
+//! The small per-run index entries (`active/<run>`, `due/<consumer>/<run>`) were half of the
+//! keys a run wrote, and a new run's record was a new key. So sled holds them, the inbound
+//! deliveries' receipts (`rcpt/t_<time>/<id>`) and the run records (`run/<run>`) in *chunks*:
+//! entries of one family whose keys share their first bytes after the family prefix (the
+//! family's [`Family::bucket`]: for index entries the same 16 ms of run ids and receipt times,
+//! for run records one millisecond) live in one sled value under
+//! `ix/<family prefix><bucket>`, written once per drain of the store's memory layer however
+//! many entries changed.
 //!
 //! Everywhere above sled (the log, the memory layers, the store's reads) an entry is still a
 //! key of its own; only `memtable`'s sled side knows chunks. Chunk keys sort like the entries
@@ -16,18 +19,22 @@
 //! A chunk is its entries in key order, each `[len: u16][entry][len: u32][value]`
 //! (little-endian), the entry being the key after the family prefix.
 
-use std::collections::BTreeMap;
-
 use sled::IVec;
 
-/// Which keys are chunked index entries.
+/// Which keys are chunked.
 pub struct Chunking {
     /// The top-level prefixes of the chunked families (stores from before chunks kept their
     /// entries as keys of their own under these).
     pub prefixes: &'static [&'static [u8]],
-    /// For a key of a chunked family, the length of its family prefix (`active/`, `rcpt/`,
-    /// `due/<consumer>/`); `None` for any other key.
-    pub family: fn(&[u8]) -> Option<usize>,
+    /// The family of a chunked key; `None` for any other key.
+    pub family: fn(&[u8]) -> Option<Family>,
+}
+
+/// Where a chunked key's family prefix ends, and how its entries share chunks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    /// The length of the family prefix (`active/`, `run/`, `due/<consumer>/`).
+    pub prefix: usize,
     /// Entries sharing this many first bytes after the family prefix share a chunk.
     pub bucket: usize,
 }
@@ -37,25 +44,26 @@ pub struct Chunking {
 pub const NO_CHUNKS: Chunking = Chunking {
     prefixes: &[],
     family: |_| None,
-    bucket: 0,
 };
 
 /// Where chunk keys live: apart from every logical key.
 const CHUNK_PREFIX: &[u8] = b"ix/";
 
 impl Chunking {
-    /// The sled key of the chunk holding `key`, and where `key`'s entry starts, when `key` is a
-    /// chunked index entry.
+    /// The sled key of the chunk holding `key`, and where `key`'s entry starts, when `key` is
+    /// chunked.
     pub fn locate(&self, key: &[u8]) -> Option<(Vec<u8>, usize)> {
-        let family = (self.family)(key)?;
-        let end = family + self.bucket.min(key.len() - family);
-        Some(([CHUNK_PREFIX, &key[..end]].concat(), family))
+        let Family { prefix, bucket } = (self.family)(key)?;
+        let end = prefix + bucket.min(key.len() - prefix);
+        Some(([CHUNK_PREFIX, &key[..end]].concat(), prefix))
     }
 
     /// The prefix of the chunks holding a family's entries, when `prefix` is exactly a chunked
     /// family's prefix.
     pub fn family_chunks(&self, prefix: &[u8]) -> Option<Vec<u8>> {
-        ((self.family)(prefix) == Some(prefix.len())).then(|| [CHUNK_PREFIX, prefix].concat())
+        (self.family)(prefix)
+            .is_some_and(|family| family.prefix == prefix.len())
+            .then(|| [CHUNK_PREFIX, prefix].concat())
     }
 }
 
@@ -97,18 +105,6 @@ pub fn decode(chunk: &[u8]) -> sled::Result<Vec<(&[u8], &[u8])>> {
     entries(chunk).collect()
 }
 
-pub fn encode(entries: &BTreeMap<Vec<u8>, IVec>) -> Vec<u8> {
-    let size: usize = entries.iter().map(|(e, v)| 6 + e.len() + v.len()).sum();
-    let mut out = Vec::with_capacity(size);
-    for (entry, value) in entries {
-        out.extend_from_slice(&(entry.len() as u16).to_le_bytes());
-        out.extend_from_slice(entry);
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        out.extend_from_slice(value);
-    }
-    out
-}
-
 /// One entry's value in a chunk.
 pub fn find(chunk: &[u8], entry: &[u8]) -> sled::Result<Option<IVec>> {
     for item in entries(chunk) {
@@ -123,39 +119,59 @@ pub fn find(chunk: &[u8], entry: &[u8]) -> sled::Result<Option<IVec>> {
     Ok(None)
 }
 
-/// Applies writes (`None` removes) to a chunk; `None` when no entry is left.
+/// Applies writes (`None` removes), given in entry order, to a chunk; `None` when no entry is
+/// left. Both are in order, so the new chunk is one merge of the two, each entry copied once.
 pub fn update<'a>(
     chunk: Option<&[u8]>,
     writes: impl IntoIterator<Item = (&'a [u8], &'a Option<IVec>)>,
 ) -> sled::Result<Option<Vec<u8>>> {
-    let mut entries: BTreeMap<Vec<u8>, IVec> = match chunk {
-        Some(chunk) => decode(chunk)?
-            .into_iter()
-            .map(|(e, v)| (e.to_vec(), IVec::from(v)))
-            .collect(),
-        None => BTreeMap::new(),
-    };
-    for (entry, value) in writes {
-        match value {
-            Some(value) => entries.insert(entry.to_vec(), value.clone()),
-            None => entries.remove(entry),
-        };
+    let mut kept = match chunk {
+        Some(chunk) => decode(chunk)?,
+        None => Vec::new(),
     }
-    Ok((!entries.is_empty()).then(|| encode(&entries)))
+    .into_iter()
+    .peekable();
+    let mut out = Vec::with_capacity(chunk.map_or(0, <[u8]>::len));
+    let mut last: Option<&[u8]> = None;
+    for (entry, value) in writes {
+        debug_assert!(last.is_none_or(|last| last < entry), "writes out of order");
+        last = Some(entry);
+        while let Some((old, old_value)) = kept.next_if(|(old, _)| *old < entry) {
+            put(&mut out, old, old_value);
+        }
+        // The write replaces the entry it names, if the chunk has it.
+        kept.next_if(|(old, _)| *old == entry);
+        if let Some(value) = value {
+            put(&mut out, entry, value);
+        }
+    }
+    for (old, old_value) in kept {
+        put(&mut out, old, old_value);
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn put(out: &mut Vec<u8>, entry: &[u8], value: &[u8]) {
+    out.extend_from_slice(&(entry.len() as u16).to_le_bytes());
+    out.extend_from_slice(entry);
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn family(key: &[u8]) -> Option<usize> {
-        key.starts_with(b"ix-test/").then_some(8)
+    fn family(key: &[u8]) -> Option<Family> {
+        key.starts_with(b"ix-test/").then_some(Family {
+            prefix: 8,
+            bucket: 3,
+        })
     }
 
     const CHUNKING: Chunking = Chunking {
         prefixes: &[b"ix-test/"],
         family,
-        bucket: 3,
     };
 
     #[test]
@@ -172,13 +188,19 @@ mod tests {
         assert_eq!(CHUNKING.family_chunks(b"ix-test/r"), None);
 
         let (one, two) = (Some(IVec::from("1")), Some(IVec::from("")));
-        let chunk = update(None, [(&b"b"[..], &one), (&b"a"[..], &two)])
+        let chunk = update(None, [(&b"a"[..], &two), (&b"b"[..], &one)])
             .unwrap()
             .unwrap();
         let entries = decode(&chunk).unwrap();
         assert_eq!(entries, [(&b"a"[..], &b""[..]), (&b"b"[..], &b"1"[..])]);
         assert_eq!(find(&chunk, b"b").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(find(&chunk, b"c").unwrap(), None);
+        let (three, four) = (Some(IVec::from("3")), Some(IVec::from("4")));
+        let merged = update(Some(&chunk), [(&b"a2"[..], &three), (&b"b"[..], &four)]);
+        let merged = merged.unwrap().unwrap();
+        let entries = decode(&merged).unwrap();
+        let expected = [(&b"a"[..], &b""[..]), (b"a2", b"3"), (b"b", b"4")];
+        assert_eq!(entries, expected, "writes merge into the entries, in order");
         let chunk = update(Some(&chunk), [(&b"a"[..], &None)]).unwrap().unwrap();
         assert_eq!(decode(&chunk).unwrap().len(), 1);
         assert_eq!(update(Some(&chunk), [(&b"b"[..], &None)]).unwrap(), None);

@@ -73,10 +73,11 @@ impl DecodedRuns {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn run(n: u64) -> Run {
+    /// A run like the ones portbot stores, created at `n` ms.
+    pub(crate) fn run(n: u64) -> Run {
         serde_json::from_value(serde_json::json!({
             "id": RunId::new(n, 0, 0), "status": "IN_PROGRESS", "statusLabel": null,
             "link": null, "summary": null,

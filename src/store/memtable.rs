@@ -83,8 +83,8 @@ pub struct Drain {
 pub type Entries<'a> = Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>> + 'a>;
 
 impl Tree {
-    /// The store's tree over `db`, whose index entries `chunking` names (see `chunks`), and whose
-    /// groups `merging` names. Entries a store from before chunks kept as keys of their own are
+    /// The store's tree over `db`, whose chunked keys `chunking` names (see `chunks`), and whose
+    /// groups `merging` names. Keys a store from before chunks kept as keys of their own are
     /// moved into chunks first.
     pub fn open(db: sled::Db, chunking: Chunking, merging: Option<Merging>) -> sled::Result<Tree> {
         let tree = Tree {
@@ -97,18 +97,36 @@ impl Tree {
         Ok(tree)
     }
 
-    /// Moves index entries kept as keys of their own into chunks: the chunks are written and
-    /// flushed before the loose keys go, so a crash in between only repeats this.
-    fn chunk_loose_entries(&self) -> sled::Result<()> {
-        let mut loose = Layer::new();
+    /// Moves keys of chunked families that sled holds as keys of their own (a store from
+    /// before their family was chunked) into chunks, a batch at a time, so that a large store's
+    /// runs need not fit in memory at once. A batch's chunks are written and flushed before its
+    /// loose keys go, so a crash in between only repeats it. Returns how many keys it moved.
+    fn chunk_loose_entries(&self) -> sled::Result<usize> {
+        const BATCH: usize = 4096;
+        let mut moved = 0;
+        let mut batch = Layer::new();
         for prefix in self.chunking.prefixes {
             for item in self.db.scan_prefix(prefix) {
                 let (key, value) = item?;
-                loose.insert(key.to_vec(), Some(value));
+                if self.chunking.locate(&key).is_some() {
+                    batch.insert(key.to_vec(), Some(value));
+                }
+                if batch.len() == BATCH {
+                    moved += self.move_into_chunks(std::mem::take(&mut batch))?;
+                }
             }
         }
+        moved += self.move_into_chunks(batch)?;
+        if moved > 0 {
+            tracing::info!(entries = moved, "moved keys into chunks");
+        }
+        Ok(moved)
+    }
+
+    /// Writes loose keys into their chunks, then removes them; how many there were.
+    fn move_into_chunks(&self, loose: Layer) -> sled::Result<usize> {
         if loose.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.write_to_sled(&loose)?;
         self.db.flush()?;
@@ -116,8 +134,7 @@ impl Tree {
             self.db.remove(key)?;
         }
         self.db.flush()?;
-        tracing::info!(entries = loose.len(), "moved index entries into chunks");
-        Ok(())
+        Ok(loose.len())
     }
 
     /// sled itself: for replaying the log at start and for flushing.
@@ -542,8 +559,12 @@ mod tests {
     /// Keys under `k/` are index entries, chunked by their first digit.
     const CHUNKED: Chunking = Chunking {
         prefixes: &[b"k/"],
-        family: |key| key.starts_with(b"k/").then_some(2),
-        bucket: 1,
+        family: |key| {
+            key.starts_with(b"k/").then_some(chunks::Family {
+                prefix: 2,
+                bucket: 1,
+            })
+        },
     };
 
     #[test]
@@ -576,6 +597,29 @@ mod tests {
         assert_eq!(tree.db.get("ix/k/2").unwrap(), None, "an empty chunk goes");
         let reversed: Vec<_> = scan(&tree, "k/", true);
         assert_eq!(reversed, [pair("k/13", "new"), pair("k/11", "k/11")]);
+    }
+
+    #[test]
+    fn many_loose_keys_move_into_chunks_in_batches_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .temporary(true)
+            .path(dir.path())
+            .open()
+            .unwrap();
+        let keys: Vec<String> = (0..9_000).map(|n| format!("k/{n:04}")).collect();
+        for key in &keys {
+            db.insert(key, key.as_bytes()).unwrap();
+        }
+        let tree = Tree::open(db, CHUNKED, None).unwrap();
+        assert_eq!(tree.db.len(), 9, "one chunk per first digit, no loose key");
+        let expected: Vec<_> = keys.iter().map(|k| (k.clone(), k.clone())).collect();
+        assert_eq!(scan(&tree, "k/", false), expected);
+        assert_eq!(
+            tree.chunk_loose_entries().unwrap(),
+            0,
+            "nothing is left to move"
+        );
     }
 
     /// A step of the property test: a write, or moving layers on.

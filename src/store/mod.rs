@@ -43,7 +43,7 @@ use serde::Serialize;
 use crate::core::catalog::Entity;
 use crate::core::ids::{BlueprintId, EntityId, RunId};
 use crate::core::run::{EventKind, Run, RunEvent, RunStatus};
-use chunks::Chunking;
+use chunks::{Chunking, Family};
 use decoded::{DecodedRuns, Written};
 use memtable::{Merging, Tree};
 use wal::{Wal, Write};
@@ -98,25 +98,33 @@ pub struct Change {
     runs: Vec<(usize, Written)>,
 }
 
-/// The small index entries, which sled keeps in chunks (see `chunks`): `active/<run>`,
-/// `due/<consumer>/<run>` and `rcpt/t_<ms>/<delivery>`; a chunk holds the entries made within
+/// The keys sled keeps in chunks (see `chunks`): the small index entries `active/<run>`,
+/// `due/<consumer>/<run>` and `rcpt/t_<ms>/<delivery>`, a chunk holding the entries made within
 /// the same 16 ms (a run id's first 13 characters: `r_` and the creation time in milliseconds
-/// but its last hex digit; a receipt's `t_` and time the same way).
-const INDEX_CHUNKS: Chunking = Chunking {
-    prefixes: &[b"active/", b"due/", b"rcpt/"],
-    family: index_family,
-    bucket: 13,
+/// but its last hex digit; a receipt's `t_` and time the same way); and the run records
+/// `run/<run>`, a chunk holding the runs created in the same millisecond (14 characters), so
+/// that a chunk, rewritten whole when one of its runs changes, stays small.
+const CHUNKS: Chunking = Chunking {
+    prefixes: &[b"active/", b"due/", b"rcpt/", b"run/"],
+    family: chunk_family,
 };
 
-fn index_family(key: &[u8]) -> Option<usize> {
+fn chunk_family(key: &[u8]) -> Option<Family> {
+    let index = |prefix: usize| Family { prefix, bucket: 13 };
     for family in [&b"active/"[..], b"rcpt/"] {
         if key.starts_with(family) {
-            return Some(family.len());
+            return Some(index(family.len()));
         }
+    }
+    if key.starts_with(b"run/") {
+        return Some(Family {
+            prefix: b"run/".len(),
+            bucket: 14,
+        });
     }
     let consumer_and_run = key.strip_prefix(b"due/")?;
     let consumer = consumer_and_run.iter().position(|&b| b == b'/')?;
-    Some(b"due/".len() + consumer + 1)
+    Some(index(b"due/".len() + consumer + 1))
 }
 
 /// A run's `ev/` keys, which reach sled merged: a group is one run's events.
@@ -402,7 +410,7 @@ impl Store {
             .open()?;
         let mut wal_dir = path.as_os_str().to_owned();
         wal_dir.push(".wal");
-        let tree = Arc::new(Tree::open(db, INDEX_CHUNKS, Some(EVENT_MERGING))?);
+        let tree = Arc::new(Tree::open(db, CHUNKS, Some(EVENT_MERGING))?);
         Ok(Store {
             wal: Arc::new(Wal::open(&tree, wal_dir.into(), checkpoint_every)?),
             tree,
@@ -746,6 +754,42 @@ mod tests {
         );
         let index: Vec<_> = store.tree.scan_prefix(b"active/", false).collect();
         assert_eq!(index.len(), 2, "both creations are indexed");
+    }
+
+    #[tokio::test]
+    async fn run_records_kept_as_keys_of_their_own_move_into_chunks_and_read_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runs: Vec<Run> = [5, 5, 9].map(decoded::tests::run).to_vec();
+        runs[1].id = RunId::new(5, 1, 0);
+        {
+            // As a store from before run chunks wrote them.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            for run in &runs {
+                db.insert(run_key(&run.id), json(run)).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = store(&dir);
+        let sled_keys = |prefix: &[u8]| store.tree.db().scan_prefix(prefix).count();
+        assert_eq!(sled_keys(b"run/"), 0, "no run record is left on its own");
+        assert_eq!(sled_keys(b"ix/run/"), 2, "one chunk per millisecond");
+        for run in &runs {
+            assert_eq!(store.run(&run.id).unwrap().as_ref(), Some(run));
+        }
+        let listed = store.runs(10, false, |_| true).unwrap();
+        let ids: Vec<&RunId> = listed.iter().map(|r| &r.id).collect();
+        assert_eq!(ids, [&runs[2].id, &runs[1].id, &runs[0].id], "newest first");
+
+        let mut changed = runs[0].clone();
+        changed.status = RunStatus::Success;
+        commit(&store, |c| c.put_run(&changed)).await;
+        store.tree.drain_all().unwrap();
+        assert_eq!(
+            store.run(&changed.id).unwrap(),
+            Some(changed),
+            "read from its chunk"
+        );
+        assert_eq!(store.run(&runs[1].id).unwrap().as_ref(), Some(&runs[1]));
     }
 
     /// The seqs of the run's events after `after`, up to `newest`, as the store reads them.
