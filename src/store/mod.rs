@@ -23,8 +23,9 @@
 //! | `src/<blueprint>/<id>`    | hash of the catalog file it was loaded from |
 //! | `rcpt/t_<ms>/<delivery>`  | an inbound delivery taken at `<ms>` (12 hex digits), and the run it made, if any (see `app::receipts`) |
 //!
-//! These are the keys the store reads and writes. In sled, `active/`, `due/` and `rcpt/` entries live
-//! in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is per key; for
+//! These are the keys the store reads and writes. In sled, `active/`, `due/`, `rcpt/` and `run/`
+//! entries live in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is
+//! per key; for
 //! the same reason a run's `ev/` keys that reach sled in the same drain become one (`memtable`'s
 //! [`Merging`]), so a reader of events takes a key to hold any events before its own too.
 
