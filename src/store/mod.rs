@@ -25,9 +25,9 @@
 //!
 //! These are the keys the store reads and writes. In sled, `active/`, `due/`, `rcpt/` and `run/`
 //! entries live in chunks of many entries each (`ix/...`, see `chunks`), since sled's cost is
-//! per key; for
-//! the same reason a run's `ev/` keys that reach sled in the same drain become one (`memtable`'s
-//! [`Merging`]), so a reader of events takes a key to hold any events before its own too.
+//! per key; for the same reason a run's `ev/` keys that reach sled in the same drain become one
+//! (`memtable`'s [`Merging`]), so a reader of events takes a key to hold any events before its
+//! own too.
 
 mod chunks;
 mod decoded;
@@ -110,22 +110,29 @@ const CHUNKS: Chunking = Chunking {
     family: chunk_family,
 };
 
+/// Index entries share a chunk by their first 13 characters: 16 ms of run ids or receipt times.
+const INDEX_BUCKET: usize = 13;
+/// Run records share a chunk by their first 14: the runs of one millisecond.
+const RUN_BUCKET: usize = 14;
+
 fn chunk_family(key: &[u8]) -> Option<Family> {
-    let index = |prefix: usize| Family { prefix, bucket: 13 };
-    for family in [&b"active/"[..], b"rcpt/"] {
-        if key.starts_with(family) {
-            return Some(index(family.len()));
+    let families = [
+        (&b"active/"[..], INDEX_BUCKET),
+        (b"rcpt/", INDEX_BUCKET),
+        (b"run/", RUN_BUCKET),
+    ];
+    for (prefix, bucket) in families {
+        if key.starts_with(prefix) {
+            let prefix = prefix.len();
+            return Some(Family { prefix, bucket });
         }
-    }
-    if key.starts_with(b"run/") {
-        return Some(Family {
-            prefix: b"run/".len(),
-            bucket: 14,
-        });
     }
     let consumer_and_run = key.strip_prefix(b"due/")?;
     let consumer = consumer_and_run.iter().position(|&b| b == b'/')?;
-    Some(index(b"due/".len() + consumer + 1))
+    Some(Family {
+        prefix: b"due/".len() + consumer + 1,
+        bucket: INDEX_BUCKET,
+    })
 }
 
 /// A run's `ev/` keys, which reach sled merged: a group is one run's events.
